@@ -55,6 +55,9 @@ def read_upload(name: str, data: bytes, max_bytes: int = MAX_UPLOAD_BYTES) -> Lo
 
 
 def _from_npy(name: str, data: bytes) -> torch.Tensor:
+    if not data.startswith(b"\x93NUMPY"):
+        raise UploadError(f"'{name}' is not a valid .npy file (no NUMPY header; pickled data is "
+                          "refused): write it with numpy.save")
     try:
         arr = np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as e:  # object arrays need pickle
