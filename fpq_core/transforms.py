@@ -177,10 +177,10 @@ class BlockTransform:
         return self._block
 
     def _inv_block64(self) -> torch.Tensor:
-        """inv(M) in float64 (M^T for orthogonal transforms)."""
+        """inv(M) in float64 (numeric inverse: exact even where M is orthogonal only up to
+        float32 rounding, e.g. gsr's +-1/fl32(sqrt(n)) entries)."""
         if "inv64" not in self._cache:
-            m = self._block64()
-            self._cache["inv64"] = m.T.clone() if self.is_orthogonal else torch.linalg.inv(m)
+            self._cache["inv64"] = torch.linalg.inv(self._block64())
         return self._cache["inv64"]
 
     def _cast(self, key: str, make: Callable[[], torch.Tensor], dtype, device) -> torch.Tensor:
@@ -346,7 +346,8 @@ class DSTTransform(BlockTransform):
 
 class GSRTransform(BlockTransform):
     """Grouped sequency-aligned rotation: Sylvester Hadamard, columns sorted by sequency,
-    entries +-1/fl32(sqrt(n)) (float32 sqrt, like the reference)."""
+    entries +-1/fl32(sqrt(n)) (float32 sqrt, like the reference). For n = 2^odd this is
+    orthogonal only to ~1e-7 (M M^T = n/fl32(sqrt(n))^2 I); weights use M, as the reference."""
 
     name = "gsr"
     needs_pow2 = True
@@ -361,8 +362,9 @@ class FastFoodTransform(BlockTransform):
     """Seeded FastFood block ``M = (sqrt(2)/sqrt(n)) * S @ H @ G @ P @ H @ B`` (x_blk @ M).
 
     B = diag(+-1), G = diag(N(0, 1)), P a random permutation matrix, H the unnormalised
-    Sylvester Hadamard, S = diag(chi_n samples / |g_i|). Not orthogonal: weights use the
-    explicit inverse-transpose.
+    Sylvester Hadamard, S = diag(chi_n samples / |g_i|) (the reference's choice; small |g_i|
+    make M badly conditioned, cond ~1e3-1e6, so float32 products lose that many ulps). Not
+    orthogonal: weights use the explicit inverse-transpose, computed in float64.
 
     Unlike the reference (which draws from the global torch RNG, so every block and every
     insertion point gets new random matrices), all randomness here comes from a private
@@ -426,9 +428,10 @@ class IdentityLowRankTransform(BlockTransform):
     name = "identity_low_rank"
     is_orthogonal = False
 
-    def __init__(self, size: int, *, rank: int = 8, alpha: float | None = None,
+    def __init__(self, size: int, *, rank: int | None = None, alpha: float | None = None,
                  seed: int | None = None, **kw):
         super().__init__(size, **kw)
+        rank = min(8, size) if rank is None else rank  # default rank 8 (or n if smaller)
         if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= size:
             raise ValueError(f"identity_low_rank: rank must be an int in [1, {size}], got {rank!r}")
         self.rank = rank
