@@ -153,16 +153,25 @@ def _include_paths(include_path: str | Path | Sequence[str | Path] | None) -> tu
     return tuple(paths)
 
 
-@functools.lru_cache(maxsize=4)
-def _task_manager(include_paths: tuple[str, ...]):
-    """lm-eval TaskManager over the built-in tasks plus ours; indexing takes ~10 s, so it is cached."""
+@functools.lru_cache(maxsize=8)
+def _task_manager(include_paths: tuple[str, ...], include_defaults: bool = True):
+    """lm-eval TaskManager; indexing lm-eval's ~15k built-in tasks takes 10-40 s, so it is cached."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=list(include_paths))
+    return TaskManager(include_path=list(include_paths), include_defaults=include_defaults)
 
 
-def get_task_manager(include_path=None):
-    return _task_manager(_include_paths(include_path))
+def get_task_manager(include_path=None, include_defaults: bool = True):
+    """TaskManager over lm-eval's built-in tasks (optional), ours (fpq_core/lm_eval_tasks) and include_path."""
+    return _task_manager(_include_paths(include_path), include_defaults)
+
+
+def _manager_for(tasks: Sequence[str], include_path=None):
+    """The cheapest TaskManager that knows every task: local-only (fast) when all are plain local tasks."""
+    local = get_task_manager(include_path, include_defaults=False)
+    if all(t in local.all_subtasks for t in tasks):
+        return local
+    return get_task_manager(include_path, include_defaults=True)
 
 
 def check_tasks(tasks: Sequence[str], include_path=None) -> list[str]:
@@ -176,7 +185,7 @@ def check_tasks(tasks: Sequence[str], include_path=None) -> list[str]:
     tasks = list(tasks)
     if not tasks:
         raise ValueError("no lm-eval tasks given")
-    tm = get_task_manager(include_path)
+    tm = _manager_for(tasks, include_path)
     known = set(tm.all_tasks)
     unknown = [t for t in tasks if t not in known]
     if unknown:
@@ -255,7 +264,7 @@ def run_lm_eval(
             apply_chat_template=apply_chat_template,
             fewshot_as_multiturn=fewshot_as_multiturn,
             gen_kwargs=gen_kwargs,
-            task_manager=get_task_manager(include_path),
+            task_manager=_manager_for(tasks, include_path),
             log_samples=log_samples,
             random_seed=random_seed,
             numpy_random_seed=1234,
