@@ -125,16 +125,17 @@ def spec_summary(spec) -> dict[str, Any]:
         "bits": spec.bits,
         "group_size": spec.group_size,
         "scale_precision": spec.scale_precision,
-        "bits_per_element": spec.bits + scale_bits / spec.group_size,
+        "bits_per_element": getattr(spec, "bits_per_element", spec.bits + scale_bits / spec.group_size),
     }
 
 
 def element_grid(spec=None) -> torch.Tensor:
-    """Sorted representable element values (before scaling): E2M1 for fp4, symmetric INT-b."""
+    """Sorted representable element values (before scaling): E2M1 for fp4, the INT-b grid."""
     if spec is None or spec.format == "fp":
         return e2m1_grid()
     q = 2 ** (spec.bits - 1) - 1
-    return torch.arange(-q, q + 1, dtype=torch.float32)
+    lo, hi = getattr(spec, "qmin", -q), getattr(spec, "qmax", q)
+    return torch.arange(int(lo), int(hi) + 1, dtype=torch.float32)
 
 
 def e2m1_grid() -> torch.Tensor:
@@ -178,6 +179,12 @@ def to_rows(x: torch.Tensor, multiple: int = max(GROUP_SIZES)) -> tuple[torch.Te
     if keep == 0:
         raise ValueError(f"the tensor has {flat.numel()} elements: need at least {multiple}")
     return flat[:keep].reshape(-1, multiple), f"flattened and cropped to {keep // multiple}x{multiple}"
+
+
+def subsample_rows(x: torch.Tensor, max_elements: int) -> torch.Tensor:
+    """The first rows of x (rows, K) holding at most `max_elements` elements (at least one row)."""
+    keep = max(1, int(max_elements) // x.shape[-1])
+    return x if x.shape[0] <= keep else x[:keep]
 
 
 def quantize_roundtrip(

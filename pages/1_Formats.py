@@ -22,6 +22,7 @@ DIST_LABELS = {
 }
 OBSERVERS = ("minmax", "mse", "mse_alt")
 MAX_ELEMENTS = 1 << 21  # cap on analysed elements so the page stays interactive
+QUICK_ELEMENTS = 1 << 16  # sample used by the comparison charts unless "exact" is ticked
 
 
 # ----------------------------------------------------------------------------- cached numerics
@@ -50,16 +51,17 @@ def report(data_key: tuple, preset: str, group: int, precision: str, transform: 
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def crossover(data_key: tuple, preset: str, precision: str, transform: str, observer: str) -> list[dict]:
-    x = torch.from_numpy(load_data(*data_key)[0])
+def crossover(data_key: tuple, preset: str, precision: str, transform: str, observer: str,
+              max_elements: int) -> list[dict]:
+    x = A.subsample_rows(torch.from_numpy(load_data(*data_key)[0]), max_elements)
     spec = A.make_spec(preset, None, precision)
     return A.rel_mse_vs_group_size(x, spec, A.GROUP_SIZES, transform, observer)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def scale_costs(data_key: tuple, preset: str, group: int, transform: str, tsize: int | None,
-                observer: str) -> list[dict]:
-    x = torch.from_numpy(load_data(*data_key)[0])
+                observer: str, max_elements: int) -> list[dict]:
+    x = A.subsample_rows(torch.from_numpy(load_data(*data_key)[0]), max_elements)
     spec = A.make_spec(preset, group, None)
     return A.scale_precision_comparison(x, spec, A.SCALE_PRECISIONS, transform, tsize, observer)
 
@@ -77,7 +79,8 @@ def element_grid(preset: str) -> list[float]:
 def _run(fn, *args):
     """Call a cached computation; show a clear error and stop the page on bad input."""
     try:
-        return fn(*args)
+        with st.spinner("Quantizing…"):
+            return fn(*args)
     except (ValueError, TypeError, NotImplementedError, UploadError) as e:
         st.error(f"{type(e).__name__}: {e}")
         st.stop()
@@ -122,7 +125,12 @@ group = sb.selectbox("Group size", A.GROUP_SIZES, index=A.GROUP_SIZES.index(defa
 precision = sb.selectbox("Scale precision", A.SCALE_PRECISIONS,
                          index=A.SCALE_PRECISIONS.index(defaults["scale_precision"]),
                          key=f"precision_{preset}")
-observer = sb.selectbox("Observer (scale search)", OBSERVERS, key="observer")
+observer = sb.selectbox("Observer (scale search)", OBSERVERS, key="observer",
+                        help="mse / mse_alt search the scales per group: much slower than minmax")
+exact = sb.checkbox("Exact comparison charts (slow)", value=False, key="exact",
+                    help=f"Off: the crossover and scale-cost charts use min-max scales on the first "
+                         f"{QUICK_ELEMENTS} elements. On: the selected observer on the whole sample.")
+cmp_observer, cmp_elements = (observer, MAX_ELEMENTS) if exact else ("minmax", QUICK_ELEMENTS)
 
 data_key = (dist, rows, cols, seed, upload_name, upload_bytes, tensor_name)
 x_np, note = _run(load_data, *data_key)
@@ -186,8 +194,11 @@ with right:
 st.subheader("Rotation crossover: relative MSE against group size")
 rot = transform if transform != "identity" else "hadamard"
 st.caption(f"Each group size G without a transform and with a {rot} of size G, same scale precision "
-           f"({precision}). The paper predicts rotation hurts at small G and helps at large G.")
-rows_x = _run(crossover, data_key, preset, precision, rot, observer)
+           f"({precision}), {cmp_observer} scales"
+           f"{'' if exact else f', first {QUICK_ELEMENTS} elements'}. The paper predicts that for "
+           "E4M3-like scales rotation hurts at small G and helps at large G (Laplace-like data); "
+           "with E8M0 scales it helps throughout.")
+rows_x = _run(crossover, data_key, preset, precision, rot, cmp_observer, cmp_elements)
 a, b = st.columns(2)
 for col, metric, title in ((a, "rel_mse", "relative MSE"), (b, "top_rel_error", "top-element error")):
     fig = go.Figure()
@@ -201,7 +212,9 @@ for col, metric, title in ((a, "rel_mse", "relative MSE"), (b, "top_rel_error", 
     col.plotly_chart(fig, use_container_width=True)
 
 st.subheader("Scale precision cost")
-costs = _run(scale_costs, data_key, preset, group, transform, tsize, observer)
+st.caption(f"Same format, group {group} and transform, only the scale format changes "
+           "(paper App. C: E4M3 ≈ +10%, E8M0 ≈ +40% over unquantized scales on real weights).")
+costs = _run(scale_costs, data_key, preset, group, transform, tsize, cmp_observer, cmp_elements)
 fig = go.Figure(go.Bar(x=[c_["scale_precision"] for c_ in costs], y=[c_["rel_mse"] for c_ in costs],
                        text=[f"{c_['rel_mse']:.3e}" for c_ in costs], textposition="outside"))
 fig.update_layout(height=300, yaxis_title="relative MSE", xaxis_title="scale precision",

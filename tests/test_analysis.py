@@ -11,7 +11,7 @@ import torch
 from fpq_core import analysis as A
 from fpq_core.app_support import UploadError, read_upload
 
-SHAPE = (256, 4096)  # 1M elements: stable means with a fixed seed
+SHAPE = (128, 4096)  # 512k elements: stable means with a fixed seed
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def test_e8m0_scales_cost_more_than_e4m3(gaussian):
     assert mse["e4m3"] > mse["fp16"] * 0.99
 
 
-def test_mse_falls_to_zero_for_larger_groups_is_monotone(gaussian):
+def test_rel_mse_grows_with_group_size(gaussian):
     """Without rotation the relative MSE grows with the group size (fewer, coarser scales)."""
     rows = A.rel_mse_vs_group_size(gaussian[:64], A.make_spec("NVFP4"), (16, 64, 256))
     plain = [r["rel_mse"] for r in rows if not r["rotated"]]
