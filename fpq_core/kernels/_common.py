@@ -1,0 +1,131 @@
+"""Triton device functions shared by the kernels: the engine's ``numerics="exact"`` rules.
+
+Every function reproduces one step of ``fpq_core.formats.quantize`` bit for bit:
+
+* scale selection in float64 as the engine (float64 ``/`` lowers to div.rn.f64; float32
+  divisions use ``tl.div_rn``, never ``/``, which Triton lowers to an approximate division);
+* MX x3 rule: ``E = floor(log2(max(amax, 2^-126)))`` from the exponent bits,
+  ``s = fl32(2^E / 3)``, byte ``E + 127``;
+* NV: ``s0 = amax/6``, ``e = RNE_e4m3(min(s0*G, 448))`` with one rounding from float64,
+  ``s = fl32(e / G)``, ``0 -> 1``;
+* E2M1: ties-to-even thresholds, saturation at 6; the sign bit is ``q < 0`` (torch.sign(-0.) is
+  +0., so a -0. input gives code 0x0, a small negative value gives 0x8 = -0.).
+
+Kernels using these must be launched with ``enable_fp_fusion=False`` so that no multiply-add is
+contracted into an FMA (the torch twin rounds each product separately).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+MIN_NORMAL = 1.1754943508222875e-38  # 2^-126
+
+
+@triton.jit
+def pow2i(e):
+    """2^e as float32 for integer e in [-126, 127] (built from the exponent bits)."""
+    return ((e + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def floor_log2(a):
+    """floor(log2(a)) as int32 for positive normal float32 a (exact: exponent bits)."""
+    return ((a.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+
+
+@triton.jit
+def mx_scale(amax):
+    """(float scale 2^E/3, E8M0 byte E+127) of the FP-Quant x3 MXFP4 rule, exact numerics.
+
+    The engine computes s0 = amax/6 and fl32(6*s0) in float64, which gives back amax exactly, so
+    E is simply the exponent of max(amax, 2^-126)."""
+    e = floor_log2(tl.maximum(amax, 1.1754943508222875e-38))
+    s = (pow2i(e).to(tl.float64) / 3.0).to(tl.float32)   # float64 '/' lowers to div.rn.f64
+    return s, (e + 127).to(tl.uint8)
+
+
+@triton.jit
+def e4m3_rne64(t):
+    """Single RNE rounding of a non-negative float64 t <= 448 to E4M3 (as float64): adding
+    c = 2^(max(floor(log2 t), -6) + 49) leaves exactly the E4M3 ulp in float64's mantissa."""
+    tb = tl.maximum(t, 1e-300).to(tl.int64, bitcast=True)
+    e = tl.maximum(((tb >> 52) & 0x7FF) - 1023, -6)
+    c = ((e + 49 + 1023) << 52).to(tl.float64, bitcast=True)
+    return (t + c) - c
+
+
+@triton.jit
+def e4m3_rne(v):
+    """Round non-negative float32 v <= 448 to the nearest E4M3 value (ties to even), as float32.
+
+    Adding c = 2^(max(floor(log2 v), -6) + 20) makes float32's own RNE drop the bits below the
+    E4M3 ulp (2^(e-3), subnormal ulp 2^-9); subtracting c again is exact."""
+    e = tl.maximum(floor_log2(tl.maximum(v, 1.1754943508222875e-38)), -6)
+    c = pow2i(e + 20)
+    return (v + c) - c
+
+
+@triton.jit
+def e4m3_byte(r):
+    """Byte of a non-negative float32 r that is already an E4M3 value."""
+    bits = r.to(tl.int32, bitcast=True)
+    e = ((bits >> 23) & 0xFF) - 127
+    normal = (((e + 7) << 3) | ((bits >> 20) & 7))
+    sub = (r * 512.0).to(tl.int32)
+    return tl.where(r >= 0.015625, normal, sub).to(tl.uint8)
+
+
+@triton.jit
+def nv_scale(amax, g):
+    """(float scale e/G with 0 -> 1, E4M3 byte of clamp(fl32(s*G))) for NVFP4, exact numerics:
+    s0 = amax/6 and t = s0*G in float64, e = RNE_e4m3(min(t, 448)) (one rounding), s = fl32(e/G)."""
+    g64 = g.to(tl.float64)
+    s0 = (amax.to(tl.float64) * 2.0) / 12.0
+    e = e4m3_rne64(tl.minimum(s0 * g64, 448.0))
+    s = (e / g64).to(tl.float32)
+    s = tl.where(s == 0.0, 1.0, s)
+    byte = e4m3_byte(e4m3_rne(tl.minimum(s * g, 448.0)))
+    return s, byte
+
+
+@triton.jit
+def e2m1(q):
+    """E2M1 rounding of q (float32): (value as float32, 4-bit code as int32)."""
+    m = tl.abs(q)
+    idx = ((m > 0.25).to(tl.int32) + (m >= 0.75).to(tl.int32) + (m > 1.25).to(tl.int32)
+           + (m >= 1.75).to(tl.int32) + (m > 2.5).to(tl.int32) + (m >= 3.5).to(tl.int32)
+           + (m > 5.0).to(tl.int32))
+    f = idx.to(tl.float32)
+    mag = tl.where(idx < 4, f * 0.5, tl.where(idx < 6, f - 2.0, tl.where(idx == 6, 4.0, 6.0)))
+    neg = q < 0.0
+    val = tl.where(neg, mag * -1.0, mag)   # not -mag: Triton negates as 0 - x, which loses -0.
+    code = tl.where(neg, idx | 8, idx)
+    return val, code
+
+
+@triton.jit
+def int_round(q, qmin, qmax):
+    """clamp(round_half_even(q), qmin, qmax) for float32 q (magic-number RNE, |q| < 2^22)."""
+    c = 12582912.0  # 1.5 * 2^23
+    r = (q + c) - c
+    r = tl.where(tl.abs(q) < 4194304.0, r, q)
+    return tl.minimum(tl.maximum(r, qmin), qmax)
+
+
+@triton.jit
+def bf16_rne(y):
+    """float32 -> the nearest bfloat16 value (ties to even), still as float32 (exactly
+    representable in bf16, so a later cast is exact). Done on the bits because Triton's CPU
+    interpreter truncates in its float32 -> bf16 cast (the GPU rounds to nearest even)."""
+    b = y.to(tl.int32, bitcast=True)
+    b = (b + 0x7FFF + ((b >> 16) & 1)) & -65536
+    return b.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def round_to_dtype(y, IS_BF16: tl.constexpr):
+    if IS_BF16:
+        return bf16_rne(y)
+    else:
+        return y

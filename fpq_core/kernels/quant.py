@@ -1,0 +1,262 @@
+"""Fused block rotation + FP4 quantization (MXFP4 x3 rule / NVFP4), Triton, with its torch twin.
+
+``rotate_quantize(x, spec, transform, output=...)`` for x (..., K) bf16/fp16/fp32:
+
+* ``output="fake"``   -> dequantized values, x's shape and dtype (fake quant);
+* ``output="packed"`` -> ``(qweight uint8 (M, K/2), scale_bytes uint8 (M, K/G), global_scale)``,
+  byte-identical to ``quantize(y, spec).pack()`` (zeros stored as 0x8, as the reference packer);
+* ``output="rotated"``-> the rotated input only (the kernel's rotation, rounded to x's dtype);
+* ``output="amax"``   -> max |rotated| (the first pass of the NVFP4 global scale).
+
+What is bit-exact (tested in ``tests/kernels/test_quant.py``):
+
+1. **Given the same rotated input, codes, scales, bytes and fake-quant values are bit-exact** with
+   ``fpq_core.formats.quantize(y, spec)`` in ``numerics="exact"`` (minmax observer; FP4 RNE with
+   saturation, not the reference Triton kernels' ties-toward-zero).
+2. The rotation is ``y = dtype(fp32_dot(x_blk, M))``; for Hadamard ``M`` is the +-1 Sylvester
+   matrix (exact in bf16, so a bf16 input runs on the tensor cores with exact products) and the
+   fp32 sum is multiplied by fl32(1/sqrt(n)) afterwards. :func:`rotate_twin` is the same
+   definition in torch (fp32 matmul). The two may differ in the last bit of the fp32 sum when the
+   summation order differs (the matrix units' accumulation order is not torch's); after rounding
+   to bf16 this is rare -- the GPU suite measures the mismatch rate against ``rotate_twin`` and
+   against the engine's ``transform.apply``.
+
+Unsupported here (use the engine): ``numerics="fp-quant"``, observers other than minmax, INT
+formats, OCP MX rule, float64 input. Inputs must be finite (not checked: a NaN gives garbage,
+the engine raises).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from fpq_core.formats.quantize import global_encode_scale, quantize
+from fpq_core.formats.spec import QuantSpec
+
+from ._common import e2m1, mx_scale, nv_scale, round_to_dtype
+
+__all__ = ["rotate_quantize", "rotate_quantize_twin", "rotate_twin", "check_supported", "RotationPlan",
+           "make_plan"]
+
+_OUTPUTS = {"rotated": 0, "amax": 1, "fake": 2, "packed": 3}
+_TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
+
+
+def check_supported(spec: QuantSpec, x: torch.Tensor | None = None) -> None:
+    if not isinstance(spec, QuantSpec):
+        raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
+    ok = (spec.format == "fp" and spec.granularity == "group" and spec.numerics == "exact"
+          and ((spec.scale_precision == "e8m0" and spec.scale_rule == "fpquant")
+               or spec.scale_precision == "e4m3"))
+    if not ok:
+        raise ValueError(f"the fused quant kernel supports MXFP4 (x3 rule) and NVFP4-style FP4 with "
+                         f"numerics='exact'; got {spec}. Use fpq_core.formats.quantize for this spec")
+    if spec.group_size not in (8, 16, 32, 64, 128):
+        raise ValueError(f"group size {spec.group_size} not supported by the kernel (use 16, 32, 64 or 128)")
+    if x is not None and x.dtype not in _TL_DTYPES:
+        raise TypeError(f"the fused quant kernel takes bf16/fp16/fp32 input, got {x.dtype}")
+
+
+# ----------------------------------------------------------------------------- rotation plan
+class RotationPlan:
+    """The (T, T) block-diagonal matrix the kernel multiplies a tile of T columns by.
+
+    ``matrix``: +-1 Sylvester signs for Hadamard (then ``scale`` = fl32(1/sqrt(n))), else the
+    transform's float32 block matrix (``scale`` = 1, no post-multiply). ``None`` = no rotation."""
+
+    def __init__(self, matrix: torch.Tensor | None, n: int, scale: float | None, tile: int):
+        self.matrix, self.n, self.scale, self.tile = matrix, n, scale, tile
+        self._cache: dict = {}
+
+    def on(self, device, dtype) -> torch.Tensor:
+        k = (str(device), dtype)
+        if k not in self._cache:
+            self._cache[k] = self.matrix.to(device=device, dtype=dtype).contiguous()
+        return self._cache[k]
+
+
+def _hadamard_like(transform) -> bool:
+    return getattr(transform, "name", None) == "hadamard"
+
+
+def make_plan(transform, K: int, group: int) -> RotationPlan:
+    """Pick the tile width T (multiple of the transform size and of the group, dividing K, >= 64
+    where possible) and build the block-diagonal (T, T) matrix."""
+    n = 0 if transform is None or getattr(transform, "name", None) == "identity" else int(transform.size)
+    if n and K % n:
+        raise ValueError(f"last dim {K} is not divisible by the transform size {n}")
+    if K % group:
+        raise ValueError(f"last dim {K} is not divisible by the group size {group}; pad K to a multiple of {group}")
+    base = max(n, group)
+    if K % base:
+        raise ValueError(f"last dim {K} is not divisible by max(transform size {n}, group {group}) = {base}")
+    tile = base
+    while tile < (64 if n else 128) and K % (tile * 2) == 0:
+        tile *= 2
+    if not n:
+        return RotationPlan(None, 0, None, tile)
+    if _hadamard_like(transform):
+        blk = transform._sign.to(torch.float32)                      # (n, n) +-1
+        scale = float(torch.tensor(1.0 / math.sqrt(n), dtype=torch.float32))
+    else:
+        if not getattr(transform, "is_orthogonal", True):
+            raise ValueError(f"{transform.name}: only transforms with apply == x @ M are supported "
+                             "(the fused activation path); rotate weights with the engine")
+        blk = transform.matrix(dtype=torch.float64, device="cpu").to(torch.float32)
+        scale = None
+    mat = torch.block_diag(*([blk] * (tile // n)))                      # (T, T)
+    return RotationPlan(mat, n, scale, tile)
+
+
+def rotate_twin(x: torch.Tensor, transform) -> torch.Tensor:
+    """The kernel's rotation in torch: dtype(fp32(x_blk @ M) [* fl32(1/sqrt n)])."""
+    if transform is None or getattr(transform, "name", None) == "identity":
+        return x
+    n = transform.size
+    xb = x.float().reshape(*x.shape[:-1], x.shape[-1] // n, n)
+    if _hadamard_like(transform):
+        s = transform._sign.to(device=x.device, dtype=torch.float32)
+        scale = torch.tensor(1.0 / math.sqrt(n), dtype=torch.float32, device=x.device)
+        y = (xb @ s) * scale
+    else:
+        y = xb @ transform.matrix(dtype=torch.float64, device="cpu").to(device=x.device, dtype=torch.float32)
+    return y.reshape(x.shape).to(x.dtype)
+
+
+def rotate_quantize_twin(x: torch.Tensor, spec: QuantSpec, transform=None, output: str = "fake",
+                         global_scale=None):
+    """Pure-torch twin of :func:`rotate_quantize` (engine ``quantize`` on :func:`rotate_twin`)."""
+    y = rotate_twin(x, transform)
+    if output == "rotated":
+        return y
+    if output == "amax":
+        return y.float().abs().amax().reshape(1)
+    qt = quantize(y, spec, global_scale=global_scale)
+    if output == "fake":
+        return qt.dequantize()
+    qw, sb = qt.pack()
+    return qw.reshape(-1, qw.shape[-1]), sb.reshape(-1, sb.shape[-1]), qt.global_scale
+
+
+# ----------------------------------------------------------------------------- kernel
+@triton.jit
+def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr,
+                 M, K, stride_xm, rot_scale,
+                 T: tl.constexpr, G: tl.constexpr, BM: tl.constexpr,
+                 HAS_ROT: tl.constexpr, DOT_LOWP: tl.constexpr, POST_SCALE: tl.constexpr,
+                 MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_m * BM + tl.arange(0, BM)
+    cols = pid_k * T + tl.arange(0, T)
+    rmask = rows[:, None] < M
+    x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=rmask, other=0.0)   # (BM, T)
+    if HAS_ROT:
+        kk = tl.arange(0, T)
+        if DOT_LOWP:   # bf16/fp16 input times the exact +-1 matrix: tensor cores, fp32 accumulate
+            mat = tl.load(m_ptr + kk[:, None] * T + kk[None, :])
+            y = tl.dot(x, mat, out_dtype=tl.float32)
+        else:
+            mat = tl.load(m_ptr + kk[:, None] * T + kk[None, :])
+            y = tl.dot(x.to(tl.float32), mat, input_precision="ieee", out_dtype=tl.float32)
+        if POST_SCALE:
+            y = y * rot_scale
+        y = round_to_dtype(y, IS_BF16).to(x_ptr.dtype.element_ty).to(tl.float32)    # rounded to the input dtype, as transforms do
+    else:
+        y = x.to(tl.float32)
+    if MODE == 0:
+        tl.store(out_ptr + rows[:, None] * K + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=rmask)
+    elif MODE == 1:
+        tl.store(amax_ptr + pid_m * tl.num_programs(1) + pid_k, tl.max(tl.max(tl.abs(y), axis=1), axis=0))
+    else:
+        NG: tl.constexpr = T // G
+        y3 = tl.reshape(y, (BM, NG, G))
+        amax = tl.max(tl.abs(y3), axis=2)                     # (BM, NG)
+        if IS_NV:
+            g = tl.load(gs_ptr)
+            s, sbyte = nv_scale(amax, g)
+        else:
+            s, sbyte = mx_scale(amax)
+        q = tl.div_rn(y3, tl.broadcast_to(s[:, :, None], (BM, NG, G)))
+        val, code = e2m1(q)
+        if MODE == 2:
+            dq = tl.reshape(val * s[:, :, None] + 0.0, (BM, T))   # + 0.0: zeros as +0.0, as the engine
+            tl.store(out_ptr + rows[:, None] * K + cols[None, :], round_to_dtype(dq, IS_BF16).to(out_ptr.dtype.element_ty), mask=rmask)
+        else:
+            code = tl.where((code & 7) == 0, 8, code)         # the reference packer stores zeros as 0x8
+            lo, hi = tl.split(tl.reshape(code, (BM, T // 2, 2)))
+            pcols = pid_k * (T // 2) + tl.arange(0, T // 2)
+            tl.store(pk_ptr + rows[:, None] * (K // 2) + pcols[None, :], (lo | (hi << 4)).to(tl.uint8), mask=rmask)
+            gcols = pid_k * NG + tl.arange(0, NG)
+            tl.store(sb_ptr + rows[:, None] * (K // G) + gcols[None, :], sbyte, mask=rmask)
+
+
+def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax=None, gs=None, block_m=None):
+    M, K = x2.shape
+    T, G = plan.tile, spec.group_size
+    bm = block_m or (32 if T >= 128 else 64)
+    grid = (triton.cdiv(M, bm), K // T)
+    has_rot = plan.matrix is not None
+    # bf16/fp16 x +-1 matrix on the tensor cores (exact products). Triton's CPU interpreter reads
+    # bf16 operands of tl.dot as raw integers, so there the tile is upcast first (same products).
+    lowp = (has_rot and plan.scale is not None and x2.dtype in (torch.bfloat16, torch.float16)
+            and x2.is_cuda)
+    mat = plan.on(x2.device, x2.dtype if lowp else torch.float32) if has_rot else x2
+    dummy = x2
+    _rotq_kernel[grid](
+        x2, mat, out if out is not None else dummy, pk if pk is not None else dummy,
+        sb if sb is not None else dummy, amax if amax is not None else dummy, gs if gs is not None else dummy,
+        M, K, x2.stride(0), float(plan.scale or 1.0),
+        T=T, G=G, BM=bm, HAS_ROT=has_rot, DOT_LOWP=lowp, POST_SCALE=plan.scale is not None,
+        MODE=mode, IS_BF16=x2.dtype == torch.bfloat16, IS_NV=spec.scale_precision == "e4m3", num_warps=4, enable_fp_fusion=False)
+    return grid
+
+
+def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: str = "fake",
+                    global_scale=None, plan: RotationPlan | None = None, block_m: int | None = None):
+    """Fused rotation + FP4 quantization; see the module docstring. ``global_scale`` (NVFP4):
+    the fp32 encode scale to use; None computes it from the rotated input (an extra amax pass)."""
+    if output not in _OUTPUTS:
+        raise ValueError(f"output must be one of {list(_OUTPUTS)}, got {output!r}")
+    if output in ("fake", "packed"):
+        check_supported(spec, x)
+    elif x.dtype not in _TL_DTYPES:
+        raise TypeError(f"the fused kernel takes bf16/fp16/fp32 input, got {x.dtype}")
+    if x.dim() == 0:
+        raise ValueError("cannot quantize a 0-dim tensor")
+    K = x.shape[-1]
+    group = spec.group_size if output in ("fake", "packed") else 16
+    plan = plan or make_plan(transform, K, group)
+    x2 = x.reshape(-1, K)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    M = x2.shape[0]
+    if output == "rotated":
+        out = torch.empty_like(x2)
+        _launch(x2, plan, spec, 0, out=out, block_m=block_m)
+        return out.reshape(x.shape)
+    if output == "amax" or (spec.scale_precision == "e4m3" and global_scale is None):
+        bm = block_m or (32 if plan.tile >= 128 else 64)
+        part = torch.empty(triton.cdiv(M, bm) * (K // plan.tile), dtype=torch.float32, device=x.device)
+        _launch(x2, plan, spec, 1, amax=part, block_m=bm)
+        amax = part.amax().reshape(1)
+        if output == "amax":
+            return amax
+        gs = global_encode_scale(amax, spec)          # fl32(2688/amax), 1 for an all-zero tensor
+    elif spec.scale_precision == "e4m3":
+        gs = torch.as_tensor(global_scale, dtype=torch.float32, device=x.device).reshape(1)
+        if not torch.isfinite(gs).all() or (gs <= 0).any():
+            raise ValueError(f"global scale must be finite and > 0, got {gs.tolist()}")
+    else:
+        gs = torch.tensor([spec.mx_global_scale], dtype=torch.float32, device=x.device)
+    if output == "fake":
+        out = torch.empty_like(x2)
+        _launch(x2, plan, spec, 2, out=out, gs=gs, block_m=block_m)
+        return out.reshape(x.shape)
+    pk = torch.empty(M, K // 2, dtype=torch.uint8, device=x.device)
+    sb = torch.empty(M, K // spec.group_size, dtype=torch.uint8, device=x.device)
+    _launch(x2, plan, spec, 3, pk=pk, sb=sb, gs=gs, block_m=block_m)
+    return pk, sb, gs
