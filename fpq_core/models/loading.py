@@ -95,9 +95,17 @@ def _finish(model, device):
     return model.to(device)
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def _load_tokenizer(loc, **kw):
     from transformers import AutoTokenizer
 
+    folder = Path(loc)
+    if folder.is_dir() and "gguf_file" not in kw and not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        # transformers 5 would build an empty tokenizer (vocab 1) here instead of failing
+        warnings.warn(f"no tokenizer files in {folder}; returning tokenizer=None")
+        return None
     try:
         return AutoTokenizer.from_pretrained(str(loc), **kw)
     except (OSError, ValueError) as e:
