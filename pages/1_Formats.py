@@ -22,6 +22,7 @@ DIST_LABELS = {
 }
 OBSERVERS = ("minmax", "mse", "mse_alt")
 MAX_ELEMENTS = 1 << 21  # cap on analysed elements so the page stays interactive
+PLOTLY_CONFIG = {"displayModeBar": False}
 QUICK_ELEMENTS = 1 << 16  # sample used by the comparison charts unless "exact" is ticked
 
 
@@ -167,16 +168,17 @@ with left:
     grid = element_grid(preset)
     st.subheader("Element grid" if spec["format"] != "fp" else "E2M1 grid")
     fig = go.Figure(go.Scatter(x=grid, y=[0] * len(grid), mode="markers+text", text=[f"{v:g}" for v in grid],
-                               textposition="top center", marker=dict(size=10)))
+                               textposition=["top center", "bottom center"] * (len(grid) // 2 + 1),
+                               marker=dict(size=10)))
     fig.update_layout(height=220, yaxis=dict(visible=False), xaxis_title="representable value (× group scale)",
                       margin=dict(l=10, r=10, t=10, b=40))
-    st.plotly_chart(fig, use_container_width=True)
+    st.plotly_chart(fig, width="stretch", config=PLOTLY_CONFIG)
 
     st.subheader("Group scales")
     s = r["scales"]
     fig = go.Figure(go.Bar(x=s["values"], y=s["counts"]))
     fig.update_layout(height=300, xaxis_title=s["label"], yaxis_title="groups", margin=dict(l=10, r=10, t=10, b=40))
-    st.plotly_chart(fig, use_container_width=True)
+    st.plotly_chart(fig, width="stretch", config=PLOTLY_CONFIG)
 
 with right:
     st.subheader("Values before / after quantization")
@@ -187,9 +189,9 @@ with right:
         go.Bar(x=v["centers"], y=v["after"], name="dequantized", width=v["width"], opacity=0.55),
     ])
     fig.update_layout(barmode="overlay", height=560, xaxis_title="value", yaxis_title="count",
-                      yaxis_type="log" if log_y else "linear", margin=dict(l=10, r=10, t=10, b=40),
-                      legend=dict(orientation="h", y=1.05))
-    st.plotly_chart(fig, use_container_width=True)
+                      yaxis_type="log" if log_y else "linear", margin=dict(l=10, r=10, t=40, b=40),
+                      legend=dict(orientation="h", x=0, y=1.0, yanchor="bottom"))
+    st.plotly_chart(fig, width="stretch", config=PLOTLY_CONFIG)
 
 st.subheader("Rotation crossover: relative MSE against group size")
 rot = transform if transform != "identity" else "hadamard"
@@ -207,9 +209,9 @@ for col, metric, title in ((a, "rel_mse", "relative MSE"), (b, "top_rel_error", 
         fig.add_trace(go.Scatter(x=[p["group_size"] for p in pts], y=[p[metric] for p in pts],
                                  mode="lines+markers", name=name))
     fig.update_layout(height=340, xaxis=dict(type="log", title="group size", tickvals=list(A.GROUP_SIZES)),
-                      yaxis=dict(type="log", title=title), margin=dict(l=10, r=10, t=10, b=40),
-                      legend=dict(orientation="h", y=1.08))
-    col.plotly_chart(fig, use_container_width=True)
+                      yaxis=dict(type="log", title=title), margin=dict(l=10, r=10, t=40, b=40),
+                      legend=dict(orientation="h", x=0, y=1.0, yanchor="bottom"))
+    col.plotly_chart(fig, width="stretch", config=PLOTLY_CONFIG)
 
 st.subheader("Scale precision cost")
 st.caption(f"Same format, group {group} and transform, only the scale format changes "
@@ -219,4 +221,4 @@ fig = go.Figure(go.Bar(x=[c_["scale_precision"] for c_ in costs], y=[c_["rel_mse
                        text=[f"{c_['rel_mse']:.3e}" for c_ in costs], textposition="outside"))
 fig.update_layout(height=300, yaxis_title="relative MSE", xaxis_title="scale precision",
                   margin=dict(l=10, r=10, t=10, b=40))
-st.plotly_chart(fig, use_container_width=True)
+st.plotly_chart(fig, width="stretch", config=PLOTLY_CONFIG)
