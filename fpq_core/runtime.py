@@ -327,7 +327,8 @@ def _rebuild_buffers(model: nn.Module, device) -> None:
         if not metas:
             continue
         if "rotary" in type(mod).__name__.lower():
-            new = type(mod)(config=model.config, device=device)
+            with torch.device(device):
+                new = type(mod)(config=model.config)
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, new)

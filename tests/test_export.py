@@ -20,7 +20,21 @@ def calib(n=2, length=16, vocab=256, seed=0):
     return [torch.randint(0, vocab, (1, length), generator=g) for _ in range(n)]
 
 
+_CACHE: dict = {}
+
+
 def quantized_tiny(arch="llama", fmt="nvfp", method="rtn_had", a_bits=4, seed=0, prep=None, **kw):
+    """A quantized tiny model; cached (export and load never modify it) unless ``prep`` is given."""
+    key = (arch, fmt, method, a_bits, seed, tuple(sorted(kw.items())))
+    if prep is None and key in _CACHE:
+        return _CACHE[key]
+    model = _quantize_tiny(arch, fmt, method, a_bits, seed, prep, **kw)
+    if prep is None:
+        _CACHE[key] = model
+    return model
+
+
+def _quantize_tiny(arch, fmt, method, a_bits, seed, prep, **kw):
     from fpq_core.models.tiny import make_tiny_model
     from fpq_core.pipeline import RunOptions, quantize_model
 
