@@ -154,6 +154,14 @@ def test_perplexity_runs_in_model_dtype():
     assert res.nll == pytest.approx(ref.nll, rel=5e-2)
 
 
+def test_wikitext2_perplexity_uses_embedded_text(tok_llama, tiny_tokenizer):
+    data = pytest.importorskip("fpq_core.data")
+    ids = data.get_wikitext2_test(tiny_tokenizer)
+    res = ev.wikitext2_perplexity(tok_llama, tiny_tokenizer, sequence_length=32, num_windows=2)
+    direct = ev.perplexity(tok_llama, ids, sequence_length=32, num_windows=2)
+    assert res.num_windows == 2 and res.nll == pytest.approx(direct.nll, rel=1e-6)
+
+
 # ------------------------------------------------------------------------------------------- lm-eval
 def test_unknown_task_raises_before_evaluation(tiny_llama, tiny_tokenizer):
     with pytest.raises(ValueError, match="hellaswagg") as e:
@@ -165,6 +173,22 @@ def test_unknown_task_raises_before_evaluation(tiny_llama, tiny_tokenizer):
 def test_openllm_preset_tasks_exist():
     # every task the reference's OpenLLM preset names is known to the installed lm-eval
     assert ev.check_tasks(list(ev.OPENLLM_PRESET)) == list(ev.OPENLLM_PRESET)
+
+
+def test_openllm_preset_groups_settings(monkeypatch):
+    calls = []
+
+    def fake(model, tok, tasks, **kw):
+        calls.append((list(tasks), kw["num_fewshot"], kw["apply_chat_template"], kw["fewshot_as_multiturn"]))
+        return ev.LmEvalResult(scores={t: {"acc": 0.5} for t in tasks}, raw={})
+
+    monkeypatch.setattr(ev, "run_lm_eval", fake)
+    res = ev.run_preset(None, None, "openllm", limit=3)
+    assert sorted(calls) == sorted([
+        (["winogrande"], 5, False, False), (["hellaswag"], 10, False, False),
+        (["gsm8k_llama", "mmlu_cot_llama"], None, True, True),
+    ])
+    assert set(res.scores) == set(ev.OPENLLM_PRESET)
 
 
 def test_include_path_must_exist(tmp_path):
@@ -226,9 +250,7 @@ def test_vllm_eval_command():
 def test_smollm2_wikitext2_first10_windows():
     loading = pytest.importorskip("fpq_core.models.loading")
     pytest.importorskip("fpq_core.data")
-    loaded = loading.load_model("embedded")
-    model, tokenizer = (loaded if isinstance(loaded, tuple) else (loaded.model, loaded.tokenizer))[:2]
-    model = model.float()
+    model, tokenizer = loading.load_model("embedded", dtype=torch.float32)  # bf16 weights, fp32 compute
     res = ev.wikitext2_perplexity(model, tokenizer, sequence_length=2048, num_windows=10)
     assert res.num_windows == 10
     assert res.ppl == pytest.approx(19.9, abs=0.3)
