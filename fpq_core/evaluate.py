@@ -218,6 +218,10 @@ def _make_lm(model, tokenizer, batch_size, max_length, device):
     from lm_eval.models.huggingface import HFLM
 
     dev = str(device) if device is not None else str(_model_device(model))
+    if isinstance(batch_size, str) and batch_size.startswith("auto") and not dev.startswith("cuda"):
+        # lm-eval's "auto" probes batch sizes until CUDA OOM; on CPU nothing raises and a 64 x 4096 probe
+        # can exhaust host memory, so CPU runs use batch 1.
+        batch_size = 1
     return HFLM(pretrained=model, tokenizer=tokenizer, max_length=max_length, batch_size=batch_size, device=dev)
 
 
