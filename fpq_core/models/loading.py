@@ -67,12 +67,15 @@ def _hub_error(source: str, err: Exception) -> Exception:
 
 
 def load_config(source: str | os.PathLike | None, *, trust_remote_code: bool = False, cache_dir=None):
-    """Read only the config of ``source`` (no weights) and check the architecture is supported."""
+    """Read only the config of ``source`` (no weights) and check the architecture is supported.
+
+    ``cache_dir``: the Hugging Face cache for hub ids, FP-Quant Studio's cache root for the
+    embedded model (materialised on first use), ignored for folders and GGUF files."""
     from transformers import AutoConfig
 
     kind, loc = resolve_source(source)
     if kind == "embedded":
-        loc = embedded_model_path()
+        kind, loc = "folder", embedded_model_path(cache_dir)
     if kind == "gguf":
         config = AutoConfig.from_pretrained(str(loc.parent), gguf_file=loc.name)
     elif kind == "folder":
@@ -128,7 +131,7 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     kind, loc = resolve_source(source)
-    config = load_config(source, trust_remote_code=trust_remote_code, cache_dir=cache_dir if kind == "hub" else None)
+    config = load_config(source, trust_remote_code=trust_remote_code, cache_dir=cache_dir)
     if kind == "embedded":
         loc = embedded_model_path(cache_dir)
         kind = "folder"
