@@ -1,0 +1,81 @@
+"""Shared helpers of the GPU benchmarks: device info, median timing, JSON + table output."""
+from __future__ import annotations
+
+import json
+import platform
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+
+def device_info() -> dict:
+    d = {"torch": torch.__version__, "python": platform.python_version(), "cuda": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        d.update(gpu=torch.cuda.get_device_name(0), sms=p.multi_processor_count,
+                 memory_gb=round(p.total_memory / 2**30, 1))
+    try:
+        import triton
+        d["triton"] = triton.__version__
+    except ImportError:
+        d["triton"] = None
+    return d
+
+
+def bench(fn, inputs: list, warmup_ms: int = 25, rep_ms: int = 100) -> float:
+    """Median milliseconds per call, rotating among several input sets (defeats the L2 cache)."""
+    import triton.testing
+
+    state = {"i": 0}
+
+    def run():
+        a = inputs[state["i"] % len(inputs)]
+        state["i"] += 1
+        fn(*a) if isinstance(a, tuple) else fn(a)
+
+    return float(triton.testing.do_bench(run, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+
+
+def copy_bandwidth(nbytes: int) -> float:
+    """Device-to-device copy bandwidth (bytes read + written per second) for a buffer of nbytes."""
+    src = [torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda").normal_() for _ in range(2)]
+    dst = torch.empty_like(src[0])
+    ms = bench(lambda s: dst.copy_(s), src)
+    return 2 * nbytes / (ms * 1e-3)
+
+
+def soft(results: list, name: str, fn, *a, **kw):
+    """Run fn; on failure record the error and go on."""
+    t0 = time.perf_counter()
+    try:
+        r = fn(*a, **kw)
+        if r is not None:
+            results.append(r) if isinstance(r, dict) else results.extend(r)
+        return r
+    except Exception as e:  # noqa: BLE001 - a benchmark must not stop the others
+        results.append({"name": name, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-2000:],
+                        "seconds": time.perf_counter() - t0})
+        print(f"[FAILED] {name}: {type(e).__name__}: {e}", flush=True)
+        return None
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def write_json(out: str | Path, name: str, payload: dict) -> Path:
+    p = Path(out)
+    p.mkdir(parents=True, exist_ok=True)
+    f = p / f"{name}.json"
+    f.write_text(json.dumps(payload, indent=1, default=str))
+    return f
+
+
+def table(rows: list[dict], cols: list[str]) -> str:
+    rows = [r for r in rows if "error" not in r]
+    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)   # noqa: E731
+    w = {c: max(len(c), *(len(fmt(r.get(c, ""))) for r in rows)) if rows else len(c) for c in cols}
+    lines = [" ".join(c.ljust(w[c]) for c in cols)]
+    lines += [" ".join(fmt(r.get(c, "")).ljust(w[c]) for c in cols) for r in rows]
+    return "\n".join(lines)

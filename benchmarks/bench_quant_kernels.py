@@ -1,0 +1,122 @@
+"""Fused rotation + FP4 quantization: effective bandwidth vs a device copy, vs torch eager/compile.
+
+python benchmarks/bench_quant_kernels.py --out OUT [--quick]
+Bytes counted: input read once (bf16) + packed codes (K/2) + scale bytes (K/G) written.
+Also checks on each shape that the kernel's packed output equals the engine's quantize() of the
+kernel's rotated values, and reports the rotation's bf16 mismatch rate vs the torch twin.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from benchmarks._common import bench, copy_bandwidth, device_info, soft, table, write_json  # noqa: E402
+
+SHAPES = {"w_4096x4096": (4096, 4096), "w_14336x4096": (14336, 4096), "w_4096x14336": (4096, 14336),
+          "a_2048x4096": (2048, 4096), "a_8192x14336": (8192, 14336)}
+
+
+def _torch_simple(x, S, scale, G, is_nv, gs):
+    """A straightforward torch implementation (for torch.compile): rotate, group scales, RNE, pack."""
+    M, K = x.shape
+    n = S.shape[0]
+    y = ((x.float().reshape(M, K // n, n) @ S) * scale).to(x.dtype).float().reshape(M, K // G, G)
+    amax = y.abs().amax(-1, keepdim=True)
+    if is_nv:
+        t = (amax.double() / 6 * gs.double()).clamp(max=448).float().to(torch.float8_e4m3fn)
+        s = (t.double() / gs.double()).float()
+        s = torch.where(s == 0, torch.ones_like(s), s)
+        sb = t.view(torch.uint8)
+    else:
+        e = torch.frexp(amax.clamp(min=2.0**-126))[1] - 1
+        s = (torch.pow(2.0, e.double()) / 3).float()
+        sb = (e + 127).to(torch.uint8)
+    m = (y / s).abs()
+    idx = ((m > 0.25).int() + (m >= 0.75).int() + (m > 1.25).int() + (m >= 1.75).int() + (m > 2.5).int()
+           + (m >= 3.5).int() + (m > 5.0).int())
+    code = torch.where((y / s) < 0, idx | 8, idx).reshape(M, K)
+    code = torch.where((code & 7) == 0, torch.full_like(code, 8), code).to(torch.uint8)
+    return code[:, 0::2] | (code[:, 1::2] << 4), sb.reshape(M, K // G)
+
+
+def run_case(label, M, K, fmt, n, copy_bw, n_inputs, with_compile, with_eager):
+    from fpq_core.formats import QuantSpec, quantize
+    from fpq_core.kernels.quant import make_plan, rotate_quantize, rotate_twin
+    from fpq_core.transforms import get_transform
+    spec = QuantSpec.from_name(fmt)
+    t = get_transform("hadamard", size=n)
+    xs = [torch.randn(M, K, device="cuda", dtype=torch.bfloat16) * (1 + i) for i in range(n_inputs)]
+    gs = torch.tensor([0.5], device="cuda") if fmt == "nvfp4" else None   # given global scale: one pass
+    plan = make_plan(t, K, spec.group_size)
+    # correctness on this shape
+    y = rotate_quantize(xs[0], spec, t, "rotated", plan=plan)
+    pk, sb, _ = rotate_quantize(xs[0], spec, t, "packed", global_scale=gs, plan=plan)
+    qt = quantize(y, spec, global_scale=gs)
+    rp, rs = qt.pack()
+    exact = bool(torch.equal(pk, rp) and torch.equal(sb, rs))
+    tw = rotate_twin(xs[0], t)
+    mism = float((y.view(torch.int16) != tw.view(torch.int16)).float().mean())
+    eng = t.apply(xs[0])
+    mism_eng = float((y.view(torch.int16) != eng.view(torch.int16)).float().mean())
+    del y, pk, sb, qt, rp, rs, tw, eng
+    nbytes = M * K * 2 + M * K // 2 + M * K // spec.group_size
+    ms = bench(lambda x: rotate_quantize(x, spec, t, "packed", global_scale=gs, plan=plan), xs)
+    row = {"name": f"{label}/{fmt}/had{n}", "shape": f"{M}x{K}", "format": fmt, "rot": n, "kernel_ms": ms,
+           "GBps": nbytes / ms / 1e6, "pct_copy": 100 * (nbytes / (ms * 1e-3)) / copy_bw,
+           "bit_exact_given_rotation": exact, "rot_mismatch_vs_twin": mism, "rot_mismatch_vs_engine": mism_eng}
+    if with_eager:
+        def eager(x):
+            return quantize(t.apply(x), spec, global_scale=gs).pack()
+        row["eager_ms"] = bench(eager, xs, warmup_ms=5, rep_ms=30)
+    if with_compile:
+        S = t._sign.to(device="cuda", dtype=torch.float32)
+        sc = float(torch.tensor(1.0 / n ** 0.5, dtype=torch.float32))
+        g = gs if gs is not None else torch.tensor([1.0], device="cuda")
+        f = torch.compile(_torch_simple)
+        t0 = time.perf_counter()
+        f(xs[0], S, sc, spec.group_size, fmt == "nvfp4", g)
+        row["compile_s"] = time.perf_counter() - t0
+        row["compile_ms"] = bench(lambda x: f(x, S, sc, spec.group_size, fmt == "nvfp4", g), xs)
+    for k in ("eager_ms", "compile_ms"):
+        if k in row:
+            row["speedup_vs_" + k[:-3]] = row[k] / ms
+    print(f"{row['name']}: {ms:.3f} ms, {row['GBps']:.0f} GB/s ({row['pct_copy']:.0f}% of copy), exact={exact}",
+          flush=True)
+    del xs
+    return row
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--quick", action="store_true", help="fewer cases (the suite's default)")
+    ap.add_argument("--inputs", type=int, default=3)
+    a = ap.parse_args(argv)
+    info = device_info()
+    copy_bw = copy_bandwidth(2048 * 1024 * 1024)          # 2 GiB buffer
+    print(f"{info.get('gpu')}: device copy {copy_bw / 1e9:.0f} GB/s (read + write)", flush=True)
+    rows: list = []
+    for label, (M, K) in SHAPES.items():
+        for fmt in ("mxfp4", "nvfp4"):
+            for n in (16, 32, 128):
+                if a.quick and n == 32 and label.startswith("w_4096x4"):
+                    continue
+                first = n == 128
+                soft(rows, f"{label}/{fmt}/had{n}", run_case, label, M, K, fmt, n, copy_bw, a.inputs,
+                     with_compile=first and label in ("a_2048x4096", "w_4096x14336"),
+                     with_eager=first)
+    payload = {"device": info, "copy_GBps": copy_bw / 1e9, "rows": rows}
+    write_json(a.out, "bench_quant_kernels", payload)
+    print(table(rows, ["name", "kernel_ms", "GBps", "pct_copy", "eager_ms", "compile_ms", "bit_exact_given_rotation",
+                       "rot_mismatch_vs_twin"]))
+    return payload
+
+
+if __name__ == "__main__":
+    main()
