@@ -379,11 +379,12 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu", dtype: 
                 t._m = t._m.to(device)
             aq = None
             if aspec is not None:
-                aq = ActivationQuantizer(aspec)
+                g = None
                 if aspec.uses_global_scale:
                     if first.act_global_scale is None:
                         raise CheckpointError(f"{first.name}: NVFP4 activations need act_global_scale")
-                    aq.set_global_scale(first.act_global_scale.to(device))
+                    g = first.act_global_scale.float().reshape(1)
+                aq = ActivationQuantizer(aspec, global_scale=g)     # fixed (calibrated) scale
                 aq.freeze()
             path = InputPath(t, aq)
             for lin_name in group:

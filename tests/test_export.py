@@ -198,8 +198,14 @@ def _zero_groups(model):
         model.model.layers[0].self_attn.q_proj.weight[:4, :] = 0     # whole rows
 
 
+def zero_group_model():
+    if "zero" not in _CACHE:
+        _CACHE["zero"] = quantized_tiny("llama", "nvfp", "rtn", prep=_zero_groups)
+    return _CACHE["zero"]
+
+
 def test_nvfp_all_zero_groups_write_valid_bytes(tmp_path):
-    model = quantized_tiny("llama", "nvfp", "rtn", prep=_zero_groups)
+    model = zero_group_model()
     rep = ex.export_model(model, None, tmp_path / "ck", kind="realquant")
     t = _load_all(tmp_path / "ck")
     for k, v in t.items():
