@@ -105,3 +105,10 @@ def test_block_linears_rejects_non_linear():
     block.mlp.down_proj = nn.Identity()
     with pytest.raises(TypeError, match="down_proj is Identity"):
         get_adapter("llama").block_linears(block)
+
+
+def test_tiny_model_with_embedded_tokenizer():
+    model, tok = make_tiny_model("qwen3", with_tokenizer=True)
+    assert model.config.vocab_size == len(tok) == 49152
+    ids = tok("Hello world", return_tensors="pt").input_ids
+    assert model(ids).logits.shape == (1, ids.shape[1], 49152)
