@@ -116,8 +116,11 @@ def test_03_method_table(tmp_path):
     s = json.loads((tmp_path / "03_method_table.json").read_text())
     assert s["runs_root"] == str(runs) and s["generated_small_grid"]
     rows = s["table"]
-    assert len(rows) == 16
-    assert all(r["ppl"] is not None and r["ppl"] > 1 for r in rows)
+    assert len(rows) == 16  # 2 formats x W4A4/W4A16 x 4 methods; SMALL fills W4A4 only
+    w4a4 = [r for r in rows if r["acts"] == "W4A4"]
+    assert all(r["ppl"] is not None and r["ppl"] > 1 and r["our_rank"] for r in w4a4)
+    assert all(r["ppl"] is None for r in rows if r["acts"] == "W4A16")
     assert sum(r["paper_recovery_pct"] is not None for r in rows) == 14  # Table 2 has no MR-GPTQ row
-    assert len(list(runs.glob("*/run.json"))) == 17
+    assert len(list(runs.glob("*/run.json"))) == 9
+    assert 0.0 <= s["rank_agreement"] <= 1.0
     print(f"03 executed in {secs:.1f}s")
