@@ -7,7 +7,7 @@ from fpq_core import observers
 from fpq_core.observers import Observer, available_observers, get_observer, register_observer
 from tests.formats._vectors import vectors
 
-ROWS = 32  # keep the default run fast
+ROWS = 16  # keep the default run fast
 
 
 def _rel(x, qt):
