@@ -34,10 +34,25 @@ class InputPath(nn.Module):
         self.observers: list[Callable[[torch.Tensor], None]] = []   # e.g. Hessian accumulators
         self._last: tuple[torch.Tensor, int, torch.Tensor] | None = None
 
+    @staticmethod
+    def _version(x: torch.Tensor) -> int:
+        return -1 if x.is_inference() else x._version     # inference tensors have no version counter
+
+    def cached(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The result for ``x`` if this very tensor (unchanged) was the last input."""
+        if self._last is not None and self._last[0] is x and self._last[1] == self._version(x):
+            return self._last[2]
+        return None
+
+    def remember(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self._last = (x, self._version(x), y)
+        return y
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The Linears of a group receive the very same tensor object: reuse the result.
-        if self._last is not None and self._last[0] is x and self._last[1] == x._version:
-            return self._last[2]
+        hit = self.cached(x)
+        if hit is not None:
+            return hit
         if self.transform is not None:
             x_in = x
             x = self.transform.apply(x)
@@ -47,8 +62,7 @@ class InputPath(nn.Module):
             obs(x)
         if self.act_quantizer is not None:
             x = self.act_quantizer(x)
-        self._last = (x_in, x_in._version, x)
-        return x
+        return self.remember(x_in, x)
 
     def clear_cache(self) -> None:
         self._last = None

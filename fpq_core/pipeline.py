@@ -54,6 +54,7 @@ class RunOptions:
     cpu_offload_activations: bool = False     # keep captured block inputs on CPU
     amp: bool = False                         # autocast the block forwards
     state_dir: str | None = None              # resume folder (atomic per-block checkpoints)
+    fast_kernels: bool | None = None          # Triton kernels (None: on when CUDA + triton are there)
 
     def resolved_device(self) -> torch.device:
         if self.device:
@@ -91,6 +92,31 @@ class QuantizeResult:
         return {"config": self.config.to_dict(), "layers": [l.to_dict() for l in self.layers],
                 "seconds": self.seconds, "resumed_from_block": self.resumed_from_block,
                 "peak_gpu_memory_bytes": self.peak_gpu_memory_bytes}
+
+
+# ----------------------------------------------------------------------------- backends
+@dataclass(frozen=True)
+class _Backend:
+    gptq: Callable = gptq_quantize
+    hessian: type = HessianAccumulator
+    input_path: type = InputPath
+    name: str = "torch"
+
+
+def _backend(device: torch.device, options: "RunOptions") -> _Backend:
+    """Triton kernels on CUDA (same results as the torch code: tests/kernels), torch elsewhere."""
+    want = options.fast_kernels if options.fast_kernels is not None else device.type == "cuda"
+    if not want:
+        return _Backend()
+    from fpq_core.kernels import kernels_available
+    if not kernels_available():
+        if options.fast_kernels:
+            raise RuntimeError("fast_kernels=True needs CUDA and triton (pip install triton)")
+        return _Backend()
+    from fpq_core.kernels.gptq import gptq_quantize_auto
+    from fpq_core.kernels.hessian import TritonHessianAccumulator
+    from fpq_core.kernels.runtime import FusedInputPath
+    return _Backend(gptq_quantize_auto, TritonHessianAccumulator, FusedInputPath, "triton")
 
 
 # ----------------------------------------------------------------------------- validation
@@ -168,7 +194,8 @@ def _run_block(block, inputs, device, amp: bool, collect: bool, offload_to_cpu: 
 
 
 # ----------------------------------------------------------------------------- wrapping
-def wrap_block(block, adapter, config: QuantConfig, block_index: int) -> dict[str, QuantLinear]:
+def wrap_block(block, adapter, config: QuantConfig, block_index: int, path_cls: type = InputPath
+               ) -> dict[str, QuantLinear]:
     """Replace the block's Linears by QuantLinears; one InputPath per input group."""
     aspec = config.act_spec()
     linears = adapter.block_linears(block)
@@ -180,7 +207,7 @@ def wrap_block(block, adapter, config: QuantConfig, block_index: int) -> dict[st
             seed = config.seed + 1000 * block_index + len(qlinears)
             t = get_transform(config.transform_class, size=config.hadamard_group_size, seed=seed)
         aq = ActivationQuantizer(aspec) if aspec is not None else None
-        path = InputPath(t, aq)
+        path = path_cls(t, aq)
         for name in group:
             lin = linears[name]
             if isinstance(lin, QuantLinear):
@@ -280,6 +307,7 @@ def quantize_model(
     device = options.resolved_device()
     adapter = get_adapter(model)
     validate_model_for_config(model, config)
+    backend = _backend(device, options)
     wspec, aspec = config.weight_spec(), config.act_spec()
     need_data = config.gptq or (aspec is not None and aspec.uses_global_scale)
     torch.manual_seed(config.seed)
@@ -323,7 +351,7 @@ def quantize_model(
 
     for bi, block in enumerate(blocks):
         block.to(device)
-        qlinears = wrap_block(block, adapter, config, bi)
+        qlinears = wrap_block(block, adapter, config, bi, backend.input_path)
         if bi < start_block:
             from safetensors.torch import load_file
             _load_block_state(qlinears, load_file(str(state_dir / f"block_{bi:04d}.safetensors")), config)
@@ -337,7 +365,7 @@ def quantize_model(
             continue
         if should_stop is not None and should_stop():
             raise QuantizationCancelled(f"cancelled before block {bi}; resume from {state_dir}")
-        reports = _quantize_block(bi, block, qlinears, inputs, config, device, options)
+        reports = _quantize_block(bi, block, qlinears, inputs, config, device, options, backend)
         for r in reports:
             result.layers.append(r)
             if on_layer is not None:
@@ -365,7 +393,8 @@ def quantize_model(
     return result
 
 
-def _quantize_block(bi, block, qlinears, inputs, config: QuantConfig, device, options) -> list[LayerReport]:
+def _quantize_block(bi, block, qlinears, inputs, config: QuantConfig, device, options,
+                    backend: _Backend = _Backend()) -> list[LayerReport]:
     wspec = config.weight_spec()
     paths = _input_paths(qlinears)
     hessians: dict[str, HessianAccumulator] = {}
@@ -374,7 +403,7 @@ def _quantize_block(bi, block, qlinears, inputs, config: QuantConfig, device, op
         if config.gptq and wspec is not None:
             for path in paths:
                 names = [n for n, q in qlinears.items() if q.input_path is path]
-                acc = HessianAccumulator(qlinears[names[0]].in_features, device=device)
+                acc = backend.hessian(qlinears[names[0]].in_features, device=device)
                 path.observers.append(acc.add)
                 handles.append(path)
                 for n in names:
@@ -412,7 +441,7 @@ def _quantize_block(bi, block, qlinears, inputs, config: QuantConfig, device, op
         W = w_rot[name]
         if config.gptq:
             H = hessians[name].hessian()
-            r = gptq_quantize(W, H, wspec, observer=config.w_observer, order=config.quantization_order,
+            r = backend.gptq(W, H, wspec, observer=config.w_observer, order=config.quantization_order,
                               rel_damp=config.rel_damp, block_size=config.gptq_block_size,
                               global_scale=gscales[name])
             dq, qt, rel = r.weight, r.qtensor, r.rel_error

@@ -52,11 +52,10 @@ class FusedInputPath(InputPath):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _can_fuse(self, x):
             return super().forward(x)
-        if self._last is not None and self._last[0] is x and self._last[1] == x._version:
-            return self._last[2]
-        y = fused_activation(self, x)
-        self._last = (x, x._version, y)
-        return y
+        hit = self.cached(x)
+        if hit is not None:
+            return hit
+        return self.remember(x, fused_activation(self, x))
 
 
 def fuse_input_paths(model: torch.nn.Module) -> int:
