@@ -93,7 +93,7 @@ def heatmap(rows: list[dict], key: str, title: str, log: bool = True, diverging:
         hovertemplate="block %{x} · %{y}<br>" + key + " %{customdata:.4g}<extra></extra>",
         colorbar={"title": f"log10 {key}" if log else key}))
     fig.update_layout(title=title, height=330, margin=dict(l=10, r=10, t=40, b=10),
-                      xaxis_title="decoder block", yaxis_title="projection")
+                      xaxis_title="decoder block", yaxis_title="projection", xaxis_dtick=1 if len(blocks) <= 12 else None)
     return fig
 
 
@@ -144,15 +144,19 @@ with tab_stats:
     ts = sa.transform_size or (sa.group_size if sa.group_size in A.transform_sizes(gcd) else A.transform_sizes(gcd)[0])
     st.caption(f"Kurtosis (3 = Gaussian, 6 = Laplace) before and after a {tr} rotation of size {ts}, of whole "
                f"tensors and of groups of {sa.group_size} (what one scale sees).")
-    w = weight_rows(src, tr, ts, sa.group_size)
-    fig = go.Figure()
-    x = [f"{r['block']}.{r['proj']}" for r in w]
-    fig.add_scatter(x=x, y=[r["kurtosis"] for r in w], name="weights", mode="markers")
-    fig.add_scatter(x=x, y=[r["kurtosis_rotated"] for r in w], name=f"weights after {tr}{ts}", mode="markers")
-    fig.update_layout(height=300, yaxis_type="log", yaxis_title="kurtosis", margin=dict(l=10, r=10, t=30, b=10),
-                      title="Weight kurtosis per Linear")
-    st.plotly_chart(fig, config=C.PLOTLY_CONFIG, width="stretch")
-    st.dataframe(w, hide_index=True, width="stretch", height=240)
+    w = None
+    if st.button("Compute weight statistics", key="w_go") or st.session_state.get("w_done"):
+        st.session_state["w_done"] = True
+        w = weight_rows(src, tr, ts, sa.group_size)
+    if w is not None:
+        fig = go.Figure()
+        x = [f"{r['block']}.{r['proj']}" for r in w]
+        fig.add_scatter(x=x, y=[r["kurtosis"] for r in w], name="weights", mode="markers")
+        fig.add_scatter(x=x, y=[r["kurtosis_rotated"] for r in w], name=f"weights after {tr}{ts}", mode="markers")
+        fig.update_layout(height=300, yaxis_type="log", yaxis_title="kurtosis", margin=dict(l=10, r=10, t=30, b=10),
+                          title="Weight kurtosis per Linear")
+        st.plotly_chart(fig, config=C.PLOTLY_CONFIG, width="stretch")
+        st.dataframe(w, hide_index=True, width="stretch", height=240)
     cc = st.columns(3)
     n_seq = cc[0].number_input("Calibration sequences", 1, 16, 2, key="act_nseq")
     seq_len = cc[1].number_input("Sequence length", 16, 1024, 128, step=16, key="act_len")
@@ -170,20 +174,22 @@ with tab_stats:
         st.dataframe(a, hide_index=True, width="stretch", height=240)
 
 with tab_scales:
-    sd = scale_dist(src, sa, max_el)
-    c1, c2 = st.columns(2)
-    fig = go.Figure(go.Bar(x=sd["values"], y=sd["counts"]))
-    fig.update_layout(height=300, title=f"Group scales over all Linears: {sd['label']}", xaxis_title=sd["label"],
-                      yaxis_title="groups", margin=dict(l=10, r=10, t=40, b=10))
-    c1.plotly_chart(fig, config=C.PLOTLY_CONFIG, width="stretch")
-    gs = np.array(sd["global_scales"], dtype=float)
-    if np.isfinite(gs).any():
-        fig = go.Figure(go.Scatter(x=sd["layers"], y=gs, mode="markers"))
-        fig.update_layout(height=300, title="Per-tensor global scale", yaxis_type="log",
-                          margin=dict(l=10, r=10, t=40, b=10))
-        c2.plotly_chart(fig, config=C.PLOTLY_CONFIG, width="stretch")
-    else:
-        c2.info("This format has no per-tensor global scale (NVFP4 has one).")
+    if st.button("Compute scale distributions", key="s_go") or st.session_state.get("s_done"):
+        st.session_state["s_done"] = True
+        sd = scale_dist(src, sa, max_el)
+        c1, c2 = st.columns(2)
+        fig = go.Figure(go.Bar(x=sd["values"], y=sd["counts"]))
+        fig.update_layout(height=300, title=f"Group scales over all Linears: {sd['label']}", xaxis_title=sd["label"],
+                          yaxis_title="groups", margin=dict(l=10, r=10, t=40, b=10))
+        c1.plotly_chart(fig, config=C.PLOTLY_CONFIG, width="stretch")
+        gs = np.array(sd["global_scales"], dtype=float)
+        if np.isfinite(gs).any():
+            fig = go.Figure(go.Scatter(x=sd["layers"], y=gs, mode="markers"))
+            fig.update_layout(height=300, title="Per-tensor global scale", yaxis_type="log",
+                              margin=dict(l=10, r=10, t=40, b=10))
+            c2.plotly_chart(fig, config=C.PLOTLY_CONFIG, width="stretch")
+        else:
+            c2.info("This format has no per-tensor global scale (NVFP4 has one).")
 
 with tab_ab:
     st.markdown("**Setting B** (compared with A, layer by layer)")

@@ -78,8 +78,6 @@ if submitted:
         st.session_state["last_job"] = jid
         st.session_state["last_run"] = rid
         st.success(f"queued job {jid} (run {rid})")
-        for n in cfg.notes:
-            st.info(n)
 
 
 # ----------------------------------------------------------------------------- live status
@@ -89,7 +87,7 @@ def _layer_chart(layers: list[dict], title: str):
         ls = [l for l in layers if l["name"].endswith(proj)]
         fig.add_scatter(x=[l["block"] for l in ls], y=[l["rel_error"] for l in ls], mode="lines+markers", name=proj)
     fig.update_layout(title=title, height=320, yaxis_type="log", xaxis_title="decoder block",
-                      yaxis_title="relative error", margin=dict(l=10, r=10, t=40, b=10))
+                      yaxis_title="relative error", margin=dict(l=10, r=10, t=40, b=10), xaxis_dtick=1 if len(layers) < 300 else None)
     return fig
 
 

@@ -78,9 +78,12 @@ def test_layer_explorer_heatmap_stats_and_ab(studio):
     at.run()
     assert float(_metric(_ok(at), "Mean rel. MSE")) < mx          # NVFP4 (g16, e4m3) beats MXFP4
     assert "Layers where B is better" in [m.label for m in at.metric]
-    at.button(key="act_go").click()
-    at.run()
-    assert len(_ok(at).dataframe) >= 4                             # worst, weights, activations, diff
+    for key in ("w_go", "act_go", "s_go"):
+        at.button(key=key).click()
+        at.run()
+        _ok(at)
+    assert len(at.dataframe) >= 4                                  # worst, weights, activations, diff
+    assert at.get("plotly_chart")
     at.selectbox(key="b_transform").set_value("dct")
     at.run()
     _ok(at)
