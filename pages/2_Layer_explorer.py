@@ -194,19 +194,21 @@ with tab_scales:
 with tab_ab:
     st.markdown("**Setting B** (compared with A, layer by layer)")
     sb = settings_widgets("b", gcd, {"preset": "MXFP4", "transform": "hadamard"})
-    try:
-        rows_b = error_rows(src, sb, max_el)
-    except ValueError as e:
-        st.error(str(e))
-        st.stop()
-    d = L.diff_rows(rows_a, rows_b)
-    ratio = np.array([r["ratio"] for r in d])
-    c = st.columns(3)
-    c[0].metric("Mean rel. MSE, A", f"{np.mean([r['a'] for r in d]):.3e}")
-    c[1].metric("Mean rel. MSE, B", f"{np.mean([r['b'] for r in d]):.3e}")
-    c[2].metric("Layers where B is better", f"{int((ratio < 1).sum())} / {len(d)}")
-    for r in d:
-        r["log2_ratio"] = float(np.log2(r["ratio"])) if r["ratio"] > 0 else float("nan")
-    st.plotly_chart(heatmap(d, "log2_ratio", f"log2(B / A): {sb.label()} vs {sa.label()} (blue: B better)",
-                            log=False, diverging=True), config=C.PLOTLY_CONFIG, width="stretch")
-    st.dataframe(d, hide_index=True, width="stretch", height=240)
+    if st.button("Compare A and B", key="ab_go") or st.session_state.get("ab_done"):
+        st.session_state["ab_done"] = True
+        try:
+            rows_b = error_rows(src, sb, max_el)
+        except ValueError as e:
+            st.error(str(e))
+            st.stop()
+        d = L.diff_rows(rows_a, rows_b)
+        ratio = np.array([r["ratio"] for r in d])
+        c = st.columns(3)
+        c[0].metric("Mean rel. MSE, A", f"{np.mean([r['a'] for r in d]):.3e}")
+        c[1].metric("Mean rel. MSE, B", f"{np.mean([r['b'] for r in d]):.3e}")
+        c[2].metric("Layers where B is better", f"{int((ratio < 1).sum())} / {len(d)}")
+        for r in d:
+            r["log2_ratio"] = float(np.log2(r["ratio"])) if r["ratio"] > 0 else float("nan")
+        st.plotly_chart(heatmap(d, "log2_ratio", f"log2(B / A): {sb.label()} vs {sa.label()} (blue: B better)",
+                                log=False, diverging=True), config=C.PLOTLY_CONFIG, width="stretch")
+        st.dataframe(d, hide_index=True, width="stretch", height=240)

@@ -72,6 +72,8 @@ def test_home_shows_tiny_model_and_refuses_traversal(studio):
 def test_layer_explorer_heatmap_stats_and_ab(studio):
     at = _run("pages/2_Layer_explorer.py")
     assert _metric(at, "Linears") == "14"
+    at.button(key="ab_go").click()
+    at.run()
     mx = float(_metric(at, "Mean rel. MSE"))
     assert 0 < mx < 0.1
     at.selectbox(key="a_preset").set_value("NVFP4")
