@@ -31,41 +31,29 @@ PROMPTS = ["The capital of France is", "1 2 3 4", "Quantization of large languag
 
 
 def tie_fraction(model, tok, prompts) -> float:
-    """Fraction of quantized activation elements whose scaled value x/s is exactly a FP4 tie."""
+    """Fraction of quantized activation elements whose scaled value |x/s| sits exactly on an FP4
+    tie (where fp_quant's round-toward-zero and our round-to-nearest-even differ)."""
+    from benchmarks.diagnose_gpu_consistency import tie_fraction as path_ties
     from fpq_core.nn import QuantLinear
 
-    from fpq_core.formats.quantize import expand_scales
-
-    ties = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)
-    stats = {"hit": 0, "total": 0}
-
-    def hook(path, inp, out):
-        aq = path.act_quantizer
-        qt = aq.last
-        if qt is None:
-            return
-        x = path.transform.apply(inp[0]) if path.transform is not None else inp[0]
-        s = expand_scales(qt.scales, x.shape, qt.spec).to(torch.float32)
-        v = (x.float() / s).abs()
-        t = torch.zeros_like(v, dtype=torch.bool)
-        for tv in ties:
-            t |= v == tv
-        stats["hit"] += int(t.sum())
-        stats["total"] += v.numel()
-
-    hs = []
+    fr = []
     seen = set()
+    hs = []
     for m in model.modules():
-        if isinstance(m, QuantLinear) and id(m.input_path) not in seen:
+        if isinstance(m, QuantLinear) and id(m.input_path) not in seen and m.input_path.act_quantizer is not None:
             seen.add(id(m.input_path))
-            hs.append(m.input_path.register_forward_hook(hook))
+            hs.append(m.input_path.register_forward_pre_hook(
+                lambda path, inp: fr.append((path_ties(path, inp[0]), inp[0].numel()))))
     with torch.no_grad():
         for p in prompts:
             ids = tok(p, return_tensors="pt").input_ids.to(next(model.parameters()).device)
+            for m in model.modules():
+                if hasattr(m, "clear_cache"):
+                    m.clear_cache()
             model(input_ids=ids)
     for h in hs:
         h.remove()
-    return stats["hit"] / max(stats["total"], 1)
+    return sum(f * n for f, n in fr) / max(sum(n for _, n in fr), 1)
 
 
 def run_format(fmt: str, out: Path, calib: int, seq_len: int, dev: str = "cuda") -> dict:

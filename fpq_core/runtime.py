@@ -314,7 +314,10 @@ def _skeleton(config_dict: dict):
         cfg = AutoConfig.for_model(model_type, **d)
     except Exception as e:
         raise CheckpointError(f"cannot build a {model_type!r} config from config.json ({e})") from None
-    cfg._attn_implementation = "eager"
+    # The same attention kernel as from_pretrained picks (sdpa), so the reloaded model computes
+    # what the in-memory one did: on a GPU in bf16, eager vs sdpa rounding differences are
+    # amplified by W4A4 activation quantization (measured: benchmarks/diagnose_gpu_consistency.py).
+    cfg._attn_implementation = "sdpa"
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg)
     return model

@@ -47,9 +47,15 @@ class ActivationQuantizer:
         return self
 
     def _update(self, x: torch.Tensor) -> None:
-        if x.detach().abs().amax() == 0:
+        self.update_from_amax(x.detach().abs().amax())
+
+    def update_from_amax(self, amax: torch.Tensor) -> None:
+        """Track the encode scale from a batch's abs-max (used by fused kernels that compute
+        the amax themselves); all-zero batches do not update it."""
+        amax = torch.as_tensor(amax).reshape(-1).amax()
+        if amax == 0:
             return
-        g = global_encode_scale(x, self.spec)
+        g = global_encode_scale(amax.reshape(1), self.spec)
         self._g = g if self._g is None else torch.minimum(self._g.to(g.device), g)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -25,11 +25,13 @@ __all__ = ["accumulate", "accumulate_twin", "TritonHessianAccumulator"]
 
 
 @triton.jit
-def _chunk(x_ptr, t0, T, D, ldx, ri, rj, c, acc, BT: tl.constexpr, PREC: tl.constexpr):
+def _chunk(x_ptr, t0, T, D, ldx, ri, rj, c, acc, BT: tl.constexpr, PREC: tl.constexpr, LOWP: tl.constexpr):
     rt = t0 + tl.arange(0, BT)
     tm = rt < T
     xi = tl.load(x_ptr + rt[:, None] * ldx + ri[None, :], mask=tm[:, None] & (ri[None, :] < D), other=0.0)
     xj = tl.load(x_ptr + rt[:, None] * ldx + rj[None, :], mask=tm[:, None] & (rj[None, :] < D), other=0.0)
+    if LOWP:   # bf16/fp16 inputs: products are exact in the fp32 accumulator (tensor cores)
+        return tl.dot(tl.trans(xi), xj, acc)
     xi = xi.to(tl.float32) * c
     xj = xj.to(tl.float32) * c
     return tl.dot(tl.trans(xi), xj, acc, input_precision=PREC)
@@ -37,7 +39,8 @@ def _chunk(x_ptr, t0, T, D, ldx, ri, rj, c, acc, BT: tl.constexpr, PREC: tl.cons
 
 @triton.jit
 def _syrk_lower_kernel(x_ptr, h_ptr, T, D, ldx, ldh, ratio, c,
-                       BD: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr, NT_CONST: tl.constexpr):
+                       BD: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr, NT_CONST: tl.constexpr,
+                       LOWP: tl.constexpr):
     pi = tl.program_id(0)
     pj = tl.program_id(1)
     if pj <= pi:
@@ -46,10 +49,12 @@ def _syrk_lower_kernel(x_ptr, h_ptr, T, D, ldx, ldh, ratio, c,
         acc = tl.zeros((BD, BD), tl.float32)
         if NT_CONST > 0:      # interpreter: runtime loop bounds break on numpy >= 2.3 there
             for k in range(NT_CONST):
-                acc = _chunk(x_ptr, k * BT, T, D, ldx, ri, rj, c, acc, BT, PREC)
+                acc = _chunk(x_ptr, k * BT, T, D, ldx, ri, rj, c, acc, BT, PREC, LOWP)
         else:
             for t0 in range(0, T, BT):
-                acc = _chunk(x_ptr, t0, T, D, ldx, ri, rj, c, acc, BT, PREC)
+                acc = _chunk(x_ptr, t0, T, D, ldx, ri, rj, c, acc, BT, PREC, LOWP)
+        if LOWP:
+            acc = acc * (c * c)          # the 2/(n+b) factor, applied once in fp32
         m = (ri[:, None] < D) & (rj[None, :] < D)
         hp = h_ptr + ri[:, None] * ldh + rj[None, :]
         h = tl.load(hp, mask=m, other=0.0) * ratio + acc
@@ -78,9 +83,16 @@ def accumulate(H: torch.Tensor, x: torch.Tensor, n: int, b: int, allow_tf32: boo
     ratio = n / total
     c = math.sqrt(2.0 / total)
     nb = triton.cdiv(d, block_d)
+    # 16-bit activations (a bf16 model) go to the tensor cores as they are: their products are
+    # exact in fp32, so this is as accurate as the fp32 path and ~10x faster. (The interpreter
+    # cannot run 16-bit dots: it upcasts.)
+    lowp = X.dtype in (torch.bfloat16, torch.float16) and X.is_cuda
+    if lowp:
+        block_t = max(block_t, 64)
     _syrk_lower_kernel[(nb, nb)](X, H, X.shape[0], d, X.stride(0), H.stride(0), float(ratio), float(c),
                                  BD=block_d, BT=block_t, PREC="tf32" if allow_tf32 else "ieee",
-                                 NT_CONST=0 if X.is_cuda else triton.cdiv(X.shape[0], block_t), num_warps=4)
+                                 NT_CONST=0 if X.is_cuda else triton.cdiv(X.shape[0], block_t), LOWP=lowp,
+                                 num_warps=4)
     return total
 
 

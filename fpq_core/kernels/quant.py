@@ -194,7 +194,8 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr,
             tl.store(sb_ptr + rows[:, None] * (K // G) + gcols[None, :], sbyte, mask=rmask)
 
 
-def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax=None, gs=None, block_m=None):
+def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax=None, gs=None, block_m=None,
+            num_warps: int | None = None):
     M, K = x2.shape
     T, G = plan.tile, spec.group_size
     bm = block_m or (32 if T >= 128 else 64)
@@ -211,12 +212,13 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
         sb if sb is not None else dummy, amax if amax is not None else dummy, gs if gs is not None else dummy,
         M, K, x2.stride(0), float(plan.scale or 1.0),
         T=T, G=G, BM=bm, HAS_ROT=has_rot, DOT_LOWP=lowp, POST_SCALE=plan.scale is not None,
-        MODE=mode, IS_BF16=x2.dtype == torch.bfloat16, IS_NV=spec.scale_precision == "e4m3", num_warps=4, enable_fp_fusion=False)
+        MODE=mode, IS_BF16=x2.dtype == torch.bfloat16, IS_NV=spec.scale_precision == "e4m3", num_warps=num_warps or 4, enable_fp_fusion=False)
     return grid
 
 
 def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: str = "fake",
-                    global_scale=None, plan: RotationPlan | None = None, block_m: int | None = None):
+                    global_scale=None, plan: RotationPlan | None = None, block_m: int | None = None,
+                    num_warps: int | None = None):
     """Fused rotation + FP4 quantization; see the module docstring. ``global_scale`` (NVFP4):
     the fp32 encode scale to use; None computes it from the rotated input (an extra amax pass)."""
     if output not in _OUTPUTS:
@@ -254,9 +256,9 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
         gs = torch.tensor([spec.mx_global_scale], dtype=torch.float32, device=x.device)
     if output == "fake":
         out = torch.empty_like(x2)
-        _launch(x2, plan, spec, 2, out=out, gs=gs, block_m=block_m)
+        _launch(x2, plan, spec, 2, out=out, gs=gs, block_m=block_m, num_warps=num_warps)
         return out.reshape(x.shape)
     pk = torch.empty(M, K // 2, dtype=torch.uint8, device=x.device)
     sb = torch.empty(M, K // spec.group_size, dtype=torch.uint8, device=x.device)
-    _launch(x2, plan, spec, 3, pk=pk, sb=sb, gs=gs, block_m=block_m)
+    _launch(x2, plan, spec, 3, pk=pk, sb=sb, gs=gs, block_m=block_m, num_warps=num_warps)
     return pk, sb, gs
