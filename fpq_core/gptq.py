@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from fpq_core.formats import QuantizedTensor, QuantSpec, compute_scales, quantize_with_scales
 
-__all__ = ["HessianAccumulator", "GPTQResult", "gptq_quantize", "relative_error", "hessian_inverse_cholesky"]
+__all__ = ["HessianAccumulator", "GPTQResult", "gptq_quantize", "torch_sweep", "relative_error",
+           "hessian_inverse_cholesky"]
 
 
 class HessianAccumulator:
@@ -117,6 +119,33 @@ def _column_groups(spec: QuantSpec, n_cols: int, n_scale_cols: int, device) -> t
 
 
 @torch.no_grad()
+def torch_sweep(W32: torch.Tensor, U: torch.Tensor, scales: torch.Tensor, col_group: torch.Tensor,
+                spec: QuantSpec, block_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lazy-batch GPTQ column sweep. ``W32`` (out, in) is updated in place; ``U`` is the upper
+    Cholesky factor of H^-1; ``scales`` (out, G) with ``col_group`` mapping each column to its
+    scale column. Returns (Q fp32 (out, in), codes int16 (out, in))."""
+    out_f, in_f = W32.shape
+    Q = torch.zeros_like(W32)
+    codes = torch.zeros(out_f, in_f, dtype=torch.int16, device=W32.device)
+    for c1 in range(0, in_f, block_size):
+        c2 = min(c1 + block_size, in_f)
+        W1 = W32[:, c1:c2].clone()                                              # (out, b)
+        E1 = torch.zeros_like(W1)
+        U1 = U[c1:c2, c1:c2]
+        for i in range(c2 - c1):
+            w = W1[:, i : i + 1]                                                # (out, 1)
+            s = scales[:, col_group[c1 + i]].unsqueeze(1)                       # (out, 1)
+            q, code = quantize_with_scales(w, s, spec)
+            Q[:, c1 + i] = q[:, 0]
+            codes[:, c1 + i] = code[:, 0].to(torch.int16)
+            err = (w[:, 0] - q[:, 0]) / U1[i, i]
+            W1[:, i:] -= err.unsqueeze(1) @ U1[i, i:].unsqueeze(0)
+            E1[:, i] = err
+        W32[:, c2:] -= E1 @ U[c1:c2, c2:]
+    return Q, codes
+
+
+@torch.no_grad()
 def gptq_quantize(
     W: torch.Tensor,
     H: torch.Tensor,
@@ -126,13 +155,16 @@ def gptq_quantize(
     rel_damp: float = 0.01,
     block_size: int = 128,
     global_scale: torch.Tensor | None = None,
+    sweep: Callable | None = None,
 ) -> GPTQResult:
     """Quantize ``W`` (out, in) — already in the rotated basis — with GPTQ under Hessian ``H``.
 
     ``order``: ``"default"`` (natural) or ``"activation"`` (static act-order: visit columns by
     descending ``diag(H)``; every column keeps its original group's scale).
     ``global_scale``: NVFP4 weight encode scale; computed from ``W`` when None (and fused
-    across q/k/v or gate/up by the caller when asked)."""
+    across q/k/v or gate/up by the caller when asked). ``sweep``: the column sweep
+    ``(W32, U, scales, col_group, spec, block_size) -> (Q, codes)``; default :func:`torch_sweep`
+    (the Triton kernel in ``fpq_core.kernels.gptq`` plugs in here)."""
     if W.dim() != 2:
         raise ValueError(f"GPTQ expects a 2-D weight (out, in), got shape {tuple(W.shape)}")
     out_f, in_f = W.shape
@@ -166,23 +198,7 @@ def gptq_quantize(
 
     U, damp = hessian_inverse_cholesky(H, rel_damp)                             # (in, in) upper
 
-    Q = torch.zeros_like(W32)
-    codes = torch.zeros(out_f, in_f, dtype=torch.int16, device=W.device)
-    for c1 in range(0, in_f, block_size):
-        c2 = min(c1 + block_size, in_f)
-        W1 = W32[:, c1:c2].clone()                                              # (out, b)
-        E1 = torch.zeros_like(W1)
-        U1 = U[c1:c2, c1:c2]
-        for i in range(c2 - c1):
-            w = W1[:, i : i + 1]                                                # (out, 1)
-            s = scales[:, col_group[c1 + i]].unsqueeze(1)                       # (out, 1)
-            q, code = quantize_with_scales(w, s, spec)
-            Q[:, c1 + i] = q[:, 0]
-            codes[:, c1 + i] = code[:, 0].to(torch.int16)
-            err = (w[:, 0] - q[:, 0]) / U1[i, i]
-            W1[:, i:] -= err.unsqueeze(1) @ U1[i, i:].unsqueeze(0)
-            E1[:, i] = err
-        W32[:, c2:] -= E1 @ U[c1:c2, c2:]
+    Q, codes = (sweep or torch_sweep)(W32, U, scales, col_group, spec, block_size)
 
     if perm is not None:
         inv = torch.argsort(perm)

@@ -23,7 +23,8 @@ __all__ = ["LayerSettings", "iter_linears", "model_summary", "sample_rows", "lay
            "worst_layers", "diff_rows", "kurtosis", "weight_stats", "activation_stats", "scale_distribution",
            "PROJECTIONS", "DEFAULT_MAX_ELEMENTS"]
 
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# heatmap helpers shared with the notebooks (one implementation)
+from fpq_core.figures import PROJECTIONS, error_matrix, worst_layers  # noqa: E402,F401
 DEFAULT_MAX_ELEMENTS = 1 << 15
 
 
@@ -133,22 +134,6 @@ def _transform(s: LayerSettings) -> str | None:
 
 def _tsize(s: LayerSettings, spec) -> int | None:
     return None if _transform(s) is None else int(s.transform_size or spec.group_size)
-
-
-def error_matrix(rows: Sequence[dict], key: str = "rel_mse") -> tuple[list[int], list[str], np.ndarray]:
-    """(blocks, projections, matrix (blocks, projections)) of ``key`` for a heatmap; NaN if missing."""
-    blocks = sorted({r["block"] for r in rows})
-    projs = [p for p in PROJECTIONS if any(r["proj"] == p for r in rows)]
-    projs += sorted({r["proj"] for r in rows} - set(projs))
-    m = np.full((len(blocks), len(projs)), np.nan)
-    for r in rows:
-        m[blocks.index(r["block"]), projs.index(r["proj"])] = r[key]
-    return blocks, projs, m
-
-
-def worst_layers(rows: Sequence[dict], key: str = "rel_mse", n: int = 10) -> list[dict]:
-    """The ``n`` rows with the largest ``key``, largest first."""
-    return sorted(rows, key=lambda r: r[key], reverse=True)[: int(n)]
 
 
 def diff_rows(a: Sequence[dict], b: Sequence[dict], key: str = "rel_mse") -> list[dict]:

@@ -193,6 +193,14 @@ def _run_block(block, inputs, device, amp: bool, collect: bool, offload_to_cpu: 
     return outs
 
 
+def _propagate(block, qlinears, inputs, device, options: "RunOptions"):
+    """Run the (quantized) block on its inputs: the next block's inputs."""
+    outs = _run_block(block, inputs, device, options.amp, collect=True, offload_to_cpu=options.cpu_offload_activations)
+    for p in _input_paths(qlinears):
+        p.clear_cache()
+    return outs
+
+
 # ----------------------------------------------------------------------------- wrapping
 def wrap_block(block, adapter, config: QuantConfig, block_index: int, path_cls: type = InputPath
                ) -> dict[str, QuantLinear]:
@@ -267,7 +275,7 @@ def _block_state(qlinears: dict[str, QuantLinear]) -> dict[str, torch.Tensor]:
                 t[f"{name}.global_scale"] = ql.qtensor.global_scale
         aq = ql.input_path.act_quantizer
         if aq is not None and aq.global_scale is not None:
-            t[f"{name}.act_global_scale"] = torch.as_tensor(aq.global_scale).reshape(1).float()
+            t[f"{name}.act_global_scale"] = torch.as_tensor(aq.global_scale).reshape(1).float().clone()  # shared by the group
     return t
 
 
@@ -356,10 +364,7 @@ def quantize_model(
             from safetensors.torch import load_file
             _load_block_state(qlinears, load_file(str(state_dir / f"block_{bi:04d}.safetensors")), config)
             if inputs is not None:
-                inputs = _run_block(block, inputs, device, options.amp, collect=True,
-                                    offload_to_cpu=options.cpu_offload_activations)
-                for p in _input_paths(qlinears):
-                    p.clear_cache()
+                inputs = _propagate(block, qlinears, inputs, device, options)
             if options.cpu_offload_modules:
                 block.to("cpu")
             continue
@@ -371,8 +376,7 @@ def quantize_model(
             if on_layer is not None:
                 on_layer(r)
         if inputs is not None and bi < n_blocks - 1:
-            inputs = _run_block(block, inputs, device, options.amp, collect=True,
-                                offload_to_cpu=options.cpu_offload_activations)
+            inputs = _propagate(block, qlinears, inputs, device, options)
         for p in _input_paths(qlinears):
             p.clear_cache()
         if options.cpu_offload_modules:

@@ -18,14 +18,14 @@ checks this (``benchmarks/bench_gptq.py`` reports the agreement rate).
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import triton
 import triton.language as tl
 
-from fpq_core.formats.quantize import QuantizedTensor, compute_scales
 from fpq_core.formats.spec import QuantSpec
-from fpq_core.gptq import (GPTQResult, _column_groups, _dead_columns, gptq_quantize,
-                           hessian_inverse_cholesky, relative_error)
+from fpq_core.gptq import GPTQResult, gptq_quantize
 
 from ._common import e2m1, int_round
 
@@ -108,42 +108,10 @@ def gptq_quantize_fast(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, observ
     """Same contract as :func:`fpq_core.gptq.gptq_quantize`, with the sweep on the GPU."""
     if not sweep_supported(spec):
         raise ValueError(f"the GPTQ kernel supports numerics='exact' only, got {spec}; use fpq_core.gptq.gptq_quantize")
-    if W.dim() != 2:
-        raise ValueError(f"GPTQ expects a 2-D weight (out, in), got shape {tuple(W.shape)}")
-    out_f, in_f = W.shape
-    if H.shape != (in_f, in_f):
-        raise ValueError(f"Hessian shape {tuple(H.shape)} does not match weight in_features {in_f}")
-    if order not in ("default", "activation"):
-        raise ValueError(f"unknown GPTQ order {order!r}: use 'default' or 'activation'")
-    if not torch.isfinite(W).all():
-        raise ValueError("weight has NaN/inf entries: the checkpoint is corrupt or was cast badly")
     if block_size <= 0 or block_size > 256:
         raise ValueError("block_size must be in 1..256 for the GPTQ kernel (the reference uses 128)")
-
-    W32 = W.float().clone()                                                     # (out, in)
-    H = H.float().clone()                                                       # (in, in)
-    scales, gs = compute_scales(W32, spec, observer=observer, global_scale=global_scale)
-    scales = scales.reshape(out_f, -1)                                          # (out, G)
-    col_group = _column_groups(spec, in_f, scales.shape[1], W.device)          # (in,)
-    dead = _dead_columns(W32, H)
-    H[dead, :] = 0
-    H[:, dead] = 0
-    H[dead, dead] = 1
-    perm = None
-    if order == "activation":
-        perm = torch.argsort(torch.diag(H), descending=True)
-        W32 = W32[:, perm]
-        H = H[perm][:, perm]
-        col_group = col_group[perm]
-    U, damp = hessian_inverse_cholesky(H, rel_damp)                             # (in, in) upper
-    Q, codes = gptq_sweep(W32, U, scales, col_group, spec, block_size, block_rows)
-    if perm is not None:
-        inv = torch.argsort(perm)
-        Q, codes, H = Q[:, inv], codes[:, inv], H[inv][:, inv]
-    code_dtype = torch.uint8 if spec.format == "fp" else torch.int8
-    qt = QuantizedTensor.from_codes(codes.to(code_dtype), scales, spec, gs, dtype=W.dtype)
-    rel = relative_error(Q, W.float(), H)
-    return GPTQResult(weight=Q.to(W.dtype), qtensor=qt, rel_error=rel, perm=perm, damp_used=damp)
+    return gptq_quantize(W, H, spec, observer=observer, order=order, rel_damp=rel_damp, block_size=block_size,
+                         global_scale=global_scale, sweep=partial(gptq_sweep, block_rows=block_rows))
 
 
 def gptq_quantize_auto(W, H, spec, *args, **kwargs) -> GPTQResult:
