@@ -40,6 +40,7 @@ def main() -> int:
                     help="calibration AND perplexity window length (the reference ties them)")
     ap.add_argument("--num_sequences", type=int, default=64)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "table1_smollm2.json"))
+    ap.add_argument("--extra", default="", help="extra fpq quantize flags for every cell, e.g. '--device cuda --dtype float32'")
     a = ap.parse_args()
     root = Path(a.runs_root)
     root.mkdir(parents=True, exist_ok=True)
@@ -48,7 +49,7 @@ def main() -> int:
     rows = []
     for name, m, fmt, ab in cells:
         run_dir = root / name
-        cmd = cell_command(m, fmt, ab, a) + ["--run_dir", str(run_dir)]
+        cmd = cell_command(m, fmt, ab, a) + ["--run_dir", str(run_dir)] + a.extra.split()
         res_file = run_dir / "results.json"
         if not (res_file.exists() and "wikitext2_ppl" in json.loads(res_file.read_text())):
             if run_dir.exists():
@@ -72,7 +73,9 @@ def main() -> int:
         print(f"  {name}: ppl {rows[-1]['ppl']:.3f}", flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     tmp = a.out + ".tmp"
-    Path(tmp).write_text(json.dumps({"settings": vars(a), "rows": rows}, indent=1))
+    env_file = root / "bf16" / "environment.json"
+    machine = json.loads(env_file.read_text()) if env_file.exists() else {}
+    Path(tmp).write_text(json.dumps({"settings": vars(a), "machine": machine, "rows": rows}, indent=1))
     os.replace(tmp, a.out)
     base = next((r["ppl"] for r in rows if r["cell"] == "bf16" and "ppl" in r), None)
     print(f"\nWikiText-2 perplexity, SmolLM2-135M-Instruct, {a.ppl_num_windows} windows of {a.sequence_length}")

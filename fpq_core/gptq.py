@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from fpq_core.formats import QuantizedTensor, QuantSpec, compute_scales, quantize_with_scales
+from fpq_core.formats import QuantizedTensor, QuantSpec, all_finite, compute_scales, quantize_with_scales
 
 __all__ = ["HessianAccumulator", "GPTQResult", "gptq_quantize", "torch_sweep", "relative_error",
            "hessian_inverse_cholesky"]
@@ -52,7 +52,7 @@ class HessianAccumulator:
             raise ValueError(f"Hessian of dim {self.dim} got inputs with last dim {x.shape[-1]}")
         b = x.shape[0] if x.dim() == 3 else 1
         x = x.reshape(-1, self.dim).to(device=self.H.device, dtype=torch.float32)  # (tokens, d)
-        if not torch.isfinite(x).all():
+        if not all_finite(x):
             raise ValueError("non-finite calibration activations reached the Hessian (NaN/inf): "
                              "check the model's dtype (use float32 on CPU) and the inputs")
         n = self.num_samples
@@ -172,7 +172,7 @@ def gptq_quantize(
         raise ValueError(f"Hessian shape {tuple(H.shape)} does not match weight in_features {in_f}")
     if order not in ("default", "activation"):
         raise ValueError(f"unknown GPTQ order {order!r}: use 'default' or 'activation'")
-    if not torch.isfinite(W).all():
+    if not all_finite(W):
         raise ValueError("weight has NaN/inf entries: the checkpoint is corrupt or was cast badly")
     if block_size <= 0:
         raise ValueError("block_size must be positive (the reference uses 128)")

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from fpq_core.config import QuantConfig
-from fpq_core.formats import ActivationQuantizer, QuantizedTensor, compute_scales, quantize
+from fpq_core.formats import ActivationQuantizer, QuantizedTensor, all_finite, compute_scales, quantize
 from fpq_core.gptq import HessianAccumulator, gptq_quantize
 from fpq_core.models.adapters import get_adapter
 from fpq_core.nn import InputPath, QuantLinear
@@ -135,7 +135,7 @@ def validate_model_for_config(model: nn.Module, config: QuantConfig) -> None:
                 if spec is not None and spec.granularity == "group" and k % spec.group_size:
                     raise ValueError(f"{what} group size {spec.group_size} does not divide in_features {k} "
                                      f"of layers.{bi}.{name}")
-            if not torch.isfinite(lin.weight).all():
+            if not all_finite(lin.weight):
                 raise ValueError(f"layers.{bi}.{name}.weight has NaN/inf values: the checkpoint is corrupt "
                                  "or was loaded in a dtype that overflowed; reload it in float32/bfloat16")
     if config.transform_class != "identity":

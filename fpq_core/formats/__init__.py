@@ -44,6 +44,7 @@ from .e2m1 import (
 )
 from .quantize import (
     QuantizedTensor,
+    all_finite,
     compute_scales,
     decode_scale_bytes,
     encode_scale_bytes,
@@ -60,7 +61,7 @@ from .spec import QuantSpec
 __all__ = [
     "ActivationQuantizer", "QuantSpec", "QuantizedTensor", "quantize", "compute_scales",
     "quantize_with_scales", "finalize_scales", "global_encode_scale", "encode_scale_bytes",
-    "decode_scale_bytes", "expand_scales", "group_view",
+    "decode_scale_bytes", "expand_scales", "group_view", "all_finite",
     "E2M1_GRID", "E2M1_MAX", "e2m1_round", "e2m1_codes", "e2m1_encode", "e2m1_decode", "e2m1_index",
     "canonical_zero", "pack_fp4", "unpack_fp4",
     "E4M3_MAX", "e4m3_cast", "e4m3_encode", "e4m3_decode", "e8m0_encode", "e8m0_decode", "as_uint8",

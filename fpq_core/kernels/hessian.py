@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fpq_core.formats import all_finite
 from fpq_core.gptq import HessianAccumulator
 
 __all__ = ["accumulate", "accumulate_twin", "TritonHessianAccumulator"]
@@ -118,7 +119,7 @@ class TritonHessianAccumulator(HessianAccumulator):
             raise ValueError(f"Hessian of dim {self.dim} got inputs with last dim {x.shape[-1]}")
         b = x.shape[0] if x.dim() == 3 else 1
         x = x.to(device=self.H.device)
-        if not torch.isfinite(x).all():
+        if not all_finite(x):
             raise ValueError("non-finite calibration activations reached the Hessian (NaN/inf): "
                              "check the model's dtype (use float32 on CPU) and the inputs")
         self.num_samples = accumulate(self.H, x, self.num_samples, b, allow_tf32=self.allow_tf32)
