@@ -40,12 +40,19 @@ def main() -> int:
                     help="calibration AND perplexity window length (the reference ties them)")
     ap.add_argument("--num_sequences", type=int, default=64)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "table1_smollm2.json"))
+    ap.add_argument("--cells", default=None, help="comma-separated subset of cells (e.g. bf16,mxfp_w4a4_rtn)")
     ap.add_argument("--extra", default="", help="extra fpq quantize flags for every cell, e.g. '--device cuda --dtype float32'")
     a = ap.parse_args()
     root = Path(a.runs_root)
     root.mkdir(parents=True, exist_ok=True)
     cells = [("bf16", None, None, None)] + [
         (f"{fmt}_w4a{ab}_{m}", m, fmt, ab) for fmt in FORMATS for ab in ACTS for m in METHODS]
+    if a.cells:
+        keep = set(a.cells.split(","))
+        unknown = keep - {c[0] for c in cells}
+        if unknown:
+            raise SystemExit(f"unknown cells {sorted(unknown)}; known: {[c[0] for c in cells]}")
+        cells = [c for c in cells if c[0] in keep]
     rows = []
     for name, m, fmt, ab in cells:
         run_dir = root / name
