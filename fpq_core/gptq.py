@@ -127,6 +127,7 @@ def torch_sweep(W32: torch.Tensor, U: torch.Tensor, scales: torch.Tensor, col_gr
     out_f, in_f = W32.shape
     Q = torch.zeros_like(W32)
     codes = torch.zeros(out_f, in_f, dtype=torch.int16, device=W32.device)
+    S = scales[:, col_group]                                                    # (out, in) per column
     for c1 in range(0, in_f, block_size):
         c2 = min(c1 + block_size, in_f)
         W1 = W32[:, c1:c2].clone()                                              # (out, b)
@@ -134,7 +135,7 @@ def torch_sweep(W32: torch.Tensor, U: torch.Tensor, scales: torch.Tensor, col_gr
         U1 = U[c1:c2, c1:c2]
         for i in range(c2 - c1):
             w = W1[:, i : i + 1]                                                # (out, 1)
-            s = scales[:, col_group[c1 + i]].unsqueeze(1)                       # (out, 1)
+            s = S[:, c1 + i : c1 + i + 1]                                       # (out, 1)
             q, code = quantize_with_scales(w, s, spec)
             Q[:, c1 + i] = q[:, 0]
             codes[:, c1 + i] = code[:, 0].to(torch.int16)

@@ -254,7 +254,9 @@ def _atomic_save_tensors(tensors: dict, path: Path) -> None:
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    # clone: Linears of a group share scale tensors (act scale; fused weight global scale), and
+    # safetensors refuses tensors that share memory
+    save_file({k: v.detach().cpu().clone() for k, v in tensors.items()}, str(tmp))
     os.replace(tmp, path)
 
 
@@ -275,7 +277,7 @@ def _block_state(qlinears: dict[str, QuantLinear]) -> dict[str, torch.Tensor]:
                 t[f"{name}.global_scale"] = ql.qtensor.global_scale
         aq = ql.input_path.act_quantizer
         if aq is not None and aq.global_scale is not None:
-            t[f"{name}.act_global_scale"] = torch.as_tensor(aq.global_scale).reshape(1).float().clone()  # shared by the group
+            t[f"{name}.act_global_scale"] = torch.as_tensor(aq.global_scale).reshape(1).float()
     return t
 
 

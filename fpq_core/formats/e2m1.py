@@ -57,11 +57,18 @@ def e2m1_decode(codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> torc
 
 def e2m1_round(x: torch.Tensor) -> torch.Tensor:
     """Round to the E2M1 grid (RNE, saturating at +-6), in x's dtype; sign as the reference."""
+    return e2m1_round_and_codes(x)[0]
+
+
+def e2m1_round_and_codes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(e2m1_round(x), e2m1_codes(e2m1_round(x)))`` with one grid search instead of two
+    (the GPTQ sweep calls this once per column)."""
     _check_float(x, "e2m1_round")
-    mag = e2m1_decode(e2m1_index(x), dtype=x.dtype)
+    idx = e2m1_index(x)
+    mag = e2m1_decode(idx, dtype=x.dtype)
     # magnitude * sign(x): -0.0 -> +0.0, negative rounding to zero -> -0.0, NaN -> NaN
-    out = mag * torch.sign(x)
-    return torch.where(torch.isnan(x), x, out)
+    out = torch.where(torch.isnan(x), x, mag * torch.sign(x))
+    return out, (torch.signbit(out).to(torch.uint8) << 3) | idx
 
 
 def e2m1_codes(values: torch.Tensor) -> torch.Tensor:

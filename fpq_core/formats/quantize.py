@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .e2m1 import e2m1_codes, e2m1_decode, e2m1_round, pack_fp4
+from .e2m1 import e2m1_decode, e2m1_round_and_codes, pack_fp4
 from .scales import E4M3_MAX, e4m3_cast, e4m3_decode, e4m3_encode, e8m0_decode, e8m0_encode
 from .spec import QuantSpec
 
@@ -267,8 +267,7 @@ def quantize_with_scales(x: torch.Tensor, scales_per_element: torch.Tensor, spec
     s = scales_per_element.to(cd)
     q = xc / s
     if spec.format == "fp":
-        vals = e2m1_round(q)
-        codes = e2m1_codes(vals)
+        vals, codes = e2m1_round_and_codes(q)
     else:
         vals = torch.round(q).clamp(spec.qmin, spec.qmax)
         codes = vals.to(torch.int8)
