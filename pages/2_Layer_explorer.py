@@ -133,6 +133,18 @@ st.plotly_chart(heatmap(rows_a, "rel_mse", f"RTN relative error · {sa.label()}"
 tab_worst, tab_stats, tab_scales, tab_ab = st.tabs(
     ["Worst layers", "Weight & activation statistics", "Scale distributions", "A vs B"])
 
+
+def kurtosis_chart(rows, name, name_rotated, title):
+    """Kurtosis per Linear before/after the rotation, and the table under it."""
+    fig = go.Figure()
+    x = [f"{r['block']}.{r['proj']}" for r in rows]
+    fig.add_scatter(x=x, y=[r["kurtosis"] for r in rows], name=name, mode="markers")
+    fig.add_scatter(x=x, y=[r["kurtosis_rotated"] for r in rows], name=name_rotated, mode="markers")
+    fig.update_layout(height=300, yaxis_type="log", yaxis_title="kurtosis", margin=dict(l=10, r=10, t=30, b=10),
+                      title=title)
+    st.plotly_chart(fig, config=C.PLOTLY_CONFIG, width="stretch")
+    st.dataframe(rows, hide_index=True, width="stretch", height=240)
+
 with tab_worst:
     n = st.slider("How many", 5, 30, 10, key="n_worst")
     st.dataframe([{k: r[k] for k in ("block", "name", "shape", "rel_mse", "rel_mse_group", "top_rel_error",
@@ -149,14 +161,7 @@ with tab_stats:
         st.session_state["w_done"] = True
         w = weight_rows(src, tr, ts, sa.group_size)
     if w is not None:
-        fig = go.Figure()
-        x = [f"{r['block']}.{r['proj']}" for r in w]
-        fig.add_scatter(x=x, y=[r["kurtosis"] for r in w], name="weights", mode="markers")
-        fig.add_scatter(x=x, y=[r["kurtosis_rotated"] for r in w], name=f"weights after {tr}{ts}", mode="markers")
-        fig.update_layout(height=300, yaxis_type="log", yaxis_title="kurtosis", margin=dict(l=10, r=10, t=30, b=10),
-                          title="Weight kurtosis per Linear")
-        st.plotly_chart(fig, config=C.PLOTLY_CONFIG, width="stretch")
-        st.dataframe(w, hide_index=True, width="stretch", height=240)
+        kurtosis_chart(w, "weights", f"weights after {tr}{ts}", "Weight kurtosis per Linear")
     cc = st.columns(3)
     n_seq = cc[0].number_input("Calibration sequences", 1, 16, 2, key="act_nseq")
     seq_len = cc[1].number_input("Sequence length", 16, 1024, 128, step=16, key="act_len")
@@ -164,14 +169,7 @@ with tab_stats:
         st.session_state["act_done"] = True
         with st.spinner("Running calibration batches through the model..."):
             a = act_rows(src, tr, ts, sa.group_size, int(n_seq), int(seq_len))
-        fig = go.Figure()
-        x = [f"{r['block']}.{r['proj']}" for r in a]
-        fig.add_scatter(x=x, y=[r["kurtosis"] for r in a], name="activations", mode="markers")
-        fig.add_scatter(x=x, y=[r["kurtosis_rotated"] for r in a], name=f"after {tr}{ts}", mode="markers")
-        fig.update_layout(height=300, yaxis_type="log", yaxis_title="kurtosis", margin=dict(l=10, r=10, t=30, b=10),
-                          title="Input-activation kurtosis per Linear")
-        st.plotly_chart(fig, config=C.PLOTLY_CONFIG, width="stretch")
-        st.dataframe(a, hide_index=True, width="stretch", height=240)
+        kurtosis_chart(a, "activations", f"after {tr}{ts}", "Input-activation kurtosis per Linear")
 
 with tab_scales:
     if st.button("Compute scale distributions", key="s_go") or st.session_state.get("s_done"):
