@@ -125,13 +125,13 @@ def _check_export_args(a, config) -> None:
         raise SystemExit("--export_quantized_model needs --save_path DIR")
     if Path(a.save_path).exists() and not a.overwrite:
         raise SystemExit(f"--save_path {a.save_path} already exists: choose a new folder or pass --overwrite")
-    if kind in ("realquant", "pseudoquant"):
-        if config.format not in ("nvfp", "mxfp") or config.w_bits != 4 or config.a_bits != 4:
-            raise SystemExit(f"--export_quantized_model {kind} needs --format nvfp|mxfp with --w_bits 4 --a_bits 4 "
-                             "(the fp_quant checkpoint format); for weight-only use --export_quantized_model w4a16")
-        if config.transform_class not in ("identity", "hadamard"):
-            raise SystemExit(f"--transform_class {config.transform_class} cannot be exported to fp_quant "
-                             "checkpoints (only identity and hadamard matrices are loadable)")
+    # the export module's own rules (one place), checked before any long work
+    from fpq_core.export import ExportError, check_exportable
+    try:
+        for note in check_exportable(config, kind):
+            print(f"note: {note}")
+    except ExportError as e:
+        raise SystemExit(f"--export_quantized_model {kind}: {e}") from None
 
 
 def cmd_quantize(a) -> int:

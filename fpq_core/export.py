@@ -146,7 +146,7 @@ def check_exportable(cfg, kind: str) -> list[str]:
     if cfg.w_bits != 4:
         raise ExportError(f"export needs 4-bit weights (w_bits=4), this run has w_bits={cfg.w_bits}")
     if kind in ("realquant", "pseudoquant") and cfg.a_bits != 4:
-        raise ExportError(f"kind={kind!r} (fp_quant checkpoint) requires W4A4 (a_bits=4), this run has "
+        raise ExportError(f"kind={kind!r} (fp_quant checkpoint) requires W4A4 (a_bits=4; CLI: --w_bits 4 --a_bits 4), this run has "
                           f"a_bits={cfg.a_bits}: use kind='w4a16' (weight-only FP4) or 'compressed-tensors'")
     if kind == "w4a16" and cfg.a_bits != 16:
         notes.append(f"w4a16 export of an A{cfg.a_bits} run: activations will NOT be quantized by loaders")
