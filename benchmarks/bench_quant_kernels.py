@@ -2,8 +2,12 @@
 
 python benchmarks/bench_quant_kernels.py --out OUT [--quick]
 Bytes counted: input read once (bf16) + packed codes (K/2) + scale bytes (K/G) written.
-Also checks on each shape that the kernel's packed output equals the engine's quantize() of the
-kernel's rotated values, and reports the rotation's bf16 mismatch rate vs the torch twin.
+``kernel_ms``: device time per call from a CUDA graph of 20 calls (no Python/launch overhead),
+the same method as the copy it is compared with; ``call_ms``: wall time per call from Python
+(launch overhead included). ``v1_ms``: the kernel before the persistent rewrite
+(benchmarks/_quant_v1.py), same inputs, same method, same run; ``v1_equal``: both give the same
+bytes. Also checks on each shape that the kernel's packed output equals the engine's quantize()
+of the kernel's rotated values, and reports the rotation's bf16 mismatch rate vs the torch twin.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks._common import bench, copy_bandwidth, device_info, soft, table, write_json  # noqa: E402
+from benchmarks._common import bench, bench_graph, device_info, soft, table, write_json  # noqa: E402
 
 SHAPES = {"w_4096x4096": (4096, 4096), "w_14336x4096": (14336, 4096), "w_4096x14336": (4096, 14336),
           "a_2048x4096": (2048, 4096), "a_8192x14336": (8192, 14336)}
@@ -66,9 +70,19 @@ def run_case(label, M, K, fmt, n, copy_bw, n_inputs, with_compile, with_eager):
     mism_eng = float((y.view(torch.int16) != eng.view(torch.int16)).float().mean())
     del y, pk, sb, qt, rp, rs, tw, eng
     nbytes = M * K * 2 + M * K // 2 + M * K // spec.group_size
-    ms = bench(lambda x: rotate_quantize(x, spec, t, "packed", global_scale=gs, plan=plan), xs)
+    from benchmarks._quant_v1 import rotate_quantize_v1
+    gs1 = gs if gs is not None else torch.tensor([1.0], device="cuda")
+    pk1, sb1 = rotate_quantize_v1(xs[0], spec, plan, "packed", gs1)
+    pk2, sb2, _ = rotate_quantize(xs[0], spec, t, "packed", global_scale=gs, plan=plan)
+    v1_equal = bool(torch.equal(pk1, pk2) and torch.equal(sb1, sb2))
+    del pk1, sb1, pk2, sb2
+    ms = bench_graph(lambda x: rotate_quantize(x, spec, t, "packed", global_scale=gs, plan=plan), xs)
+    call_ms = bench(lambda x: rotate_quantize(x, spec, t, "packed", global_scale=gs, plan=plan), xs)
+    v1_ms = bench_graph(lambda x: rotate_quantize_v1(x, spec, plan, "packed", gs1), xs)
     row = {"name": f"{label}/{fmt}/had{n}", "shape": f"{M}x{K}", "format": fmt, "rot": n, "kernel_ms": ms,
-           "GBps": nbytes / ms / 1e6, "pct_copy": 100 * (nbytes / (ms * 1e-3)) / copy_bw,
+           "GBps": nbytes / ms / 1e6, "pct_copy": 100 * (nbytes / (ms * 1e-3)) / copy_bw, "call_ms": call_ms,
+           "v1_ms": v1_ms, "v1_pct_copy": 100 * (nbytes / (v1_ms * 1e-3)) / copy_bw, "speedup_vs_v1": v1_ms / ms,
+           "v1_equal": v1_equal,
            "bit_exact_given_rotation": exact, "rot_mismatch_vs_twin": mism, "rot_mismatch_vs_engine": mism_eng}
     if with_eager:
         def eager(x):
@@ -82,12 +96,12 @@ def run_case(label, M, K, fmt, n, copy_bw, n_inputs, with_compile, with_eager):
         t0 = time.perf_counter()
         f(xs[0], S, sc, spec.group_size, fmt == "nvfp4", g)
         row["compile_s"] = time.perf_counter() - t0
-        row["compile_ms"] = bench(lambda x: f(x, S, sc, spec.group_size, fmt == "nvfp4", g), xs)
+        row["compile_ms"] = bench_graph(lambda x: f(x, S, sc, spec.group_size, fmt == "nvfp4", g), xs)
     for k in ("eager_ms", "compile_ms"):
         if k in row:
             row["speedup_vs_" + k[:-3]] = row[k] / ms
-    print(f"{row['name']}: {ms:.3f} ms, {row['GBps']:.0f} GB/s ({row['pct_copy']:.0f}% of copy), exact={exact}",
-          flush=True)
+    print(f"{row['name']}: {ms:.3f} ms, {row['GBps']:.0f} GB/s ({row['pct_copy']:.0f}% of copy; "
+          f"v1 {v1_ms:.3f} ms = {row['v1_pct_copy']:.0f}%), exact={exact} v1_equal={v1_equal}", flush=True)
     del xs
     return row
 
@@ -99,8 +113,12 @@ def main(argv=None):
     ap.add_argument("--inputs", type=int, default=3)
     a = ap.parse_args(argv)
     info = device_info()
-    copy_bw = copy_bandwidth(2048 * 1024 * 1024)          # 2 GiB buffer
-    print(f"{info.get('gpu')}: device copy {copy_bw / 1e9:.0f} GB/s (read + write)", flush=True)
+    nb = 1024 * 1024 * 1024                                # 1 GiB copies, two sources (no L2 reuse)
+    src = [torch.empty(nb // 2, dtype=torch.bfloat16, device="cuda").normal_() for _ in range(2)]
+    dst = torch.empty_like(src[0])
+    copy_bw = 2 * nb / (bench_graph(lambda x: dst.copy_(x), src, rep=10) * 1e-3)
+    del src, dst
+    print(f"{info.get('gpu')}: device copy {copy_bw / 1e9:.0f} GB/s (read + write, CUDA graph)", flush=True)
     rows: list = []
     for label, (M, K) in SHAPES.items():
         for fmt in ("mxfp4", "nvfp4"):
@@ -113,8 +131,8 @@ def main(argv=None):
                      with_eager=first)
     payload = {"device": info, "copy_GBps": copy_bw / 1e9, "rows": rows}
     write_json(a.out, "bench_quant_kernels", payload)
-    print(table(rows, ["name", "kernel_ms", "GBps", "pct_copy", "eager_ms", "compile_ms", "bit_exact_given_rotation",
-                       "rot_mismatch_vs_twin"]))
+    print(table(rows, ["name", "kernel_ms", "GBps", "pct_copy", "v1_ms", "speedup_vs_v1", "call_ms", "eager_ms",
+                       "compile_ms", "bit_exact_given_rotation", "v1_equal", "rot_mismatch_vs_twin"]))
     return payload
 
 

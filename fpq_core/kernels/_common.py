@@ -129,3 +129,37 @@ def round_to_dtype(y, IS_BF16: tl.constexpr):
         return bf16_rne(y)
     else:
         return y
+
+
+@triton.jit
+def e2m1_round(m):
+    """RNE of a non-negative float32 m onto the E2M1 grid {0, .5, 1, 1.5, 2, 3, 4, 6, 8, 12, ...}
+    (not yet saturated), in one rounding: adding c = 2^(e + 22) with e = clamp(floor(log2 m), 0, 2)
+    leaves exactly the grid's ulp (0.5, 1 or 2) in float32's mantissa, so float32's own RNE
+    rounds to the grid (ties to even code); subtracting c again is exact. Same result as the
+    threshold ladder of :func:`e2m1` (ties 0.25/1.25/2.5/5 down, 0.75/1.75/3.5 up)."""
+    eb = tl.minimum(tl.maximum(m.to(tl.int32, bitcast=True) >> 23, 127), 129)
+    c = ((eb + 22) << 23).to(tl.float32, bitcast=True)
+    return (m + c) - c
+
+
+@triton.jit
+def e2m1_index(r):
+    """3-bit E2M1 magnitude index of r from :func:`e2m1_round` (values >= 6 saturate to 7):
+    min(r + 2, 7) is exact and lands on {2, 2.5, 3, 3.5, 4, 5, 6, 7}, whose top two mantissa bits
+    and lowest exponent bit spell the index."""
+    t = tl.minimum(r + 2.0, 7.0)
+    return (t.to(tl.int32, bitcast=True) >> 21) & 7
+
+
+@triton.jit
+def div_markstein(y, s, r):
+    """fl32(y / s) given r = RN(1/s) (one division per group instead of one per element):
+    q0 = RN(y r); rem = fma(-q0, s, y) is exact; q = RN(q0 + rem r) is the correctly rounded
+    quotient (Markstein's correction, the sequence of CUDA's div.rn fast path). Valid when nothing
+    under- or overflows; the caller routes such tiles to ``tl.div_rn``. Needs a real FMA: not for
+    Triton's CPU interpreter, whose fma rounds twice. Checked exhaustively over all bf16 and fp16
+    mantissas against every float32 divisor mantissa in tests/kernels/test_division_shortcuts.py."""
+    q0 = y * r
+    rem = tl.fma(q0, s * -1.0, y)
+    return tl.fma(rem, r, q0)

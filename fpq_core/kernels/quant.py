@@ -36,7 +36,7 @@ import triton.language as tl
 from fpq_core.formats.quantize import global_encode_scale, quantize
 from fpq_core.formats.spec import QuantSpec
 
-from ._common import e2m1, mx_scale, nv_scale, round_to_dtype
+from ._common import div_markstein, e2m1_index, e2m1_round, floor_log2, mx_scale, nv_scale, pow2i, round_to_dtype
 
 __all__ = ["rotate_quantize", "rotate_quantize_twin", "rotate_twin", "check_supported", "RotationPlan",
            "make_plan"]
@@ -82,9 +82,10 @@ def _hadamard_like(transform) -> bool:
     return getattr(transform, "name", None) == "hadamard"
 
 
-def make_plan(transform, K: int, group: int) -> RotationPlan:
-    """Pick the tile width T (multiple of the transform size and of the group, dividing K, >= 64
-    where possible) and build the block-diagonal (T, T) matrix."""
+def make_plan(transform, K: int, group: int, tile: int | None = None) -> RotationPlan:
+    """Pick the tile width T (multiple of the transform size and of the group, dividing K, grown
+    to ``tile`` -- default 64 with a rotation, 128 without -- where K allows) and build the
+    block-diagonal (T, T) matrix."""
     n = 0 if transform is None or getattr(transform, "name", None) == "identity" else int(transform.size)
     if n and K % n:
         raise ValueError(f"last dim {K} is not divisible by the transform size {n}")
@@ -93,8 +94,9 @@ def make_plan(transform, K: int, group: int) -> RotationPlan:
     base = max(n, group)
     if K % base:
         raise ValueError(f"last dim {K} is not divisible by max(transform size {n}, group {group}) = {base}")
+    target = tile or (64 if n else 128)
     tile = base
-    while tile < (64 if n else 128) and K % (tile * 2) == 0:
+    while tile < target and K % (tile * 2) == 0:
         tile *= 2
     if not n:
         return RotationPlan(None, 0, None, tile)
@@ -143,84 +145,201 @@ def rotate_quantize_twin(x: torch.Tensor, spec: QuantSpec, transform=None, outpu
 
 # ----------------------------------------------------------------------------- kernel
 @triton.jit
-def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr,
-                 M, K, stride_xm, rot_scale,
-                 T: tl.constexpr, G: tl.constexpr, BM: tl.constexpr,
-                 HAS_ROT: tl.constexpr, DOT_LOWP: tl.constexpr, POST_SCALE: tl.constexpr,
-                 MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
+def _rotq_tile(tile, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stride_xm, rot_scale, n_tiles, tiles_k,
+               T: tl.constexpr, G: tl.constexpr, BM: tl.constexpr,
+               HAS_ROT: tl.constexpr, DOT_LOWP: tl.constexpr, POST_SCALE: tl.constexpr,
+               MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
+               HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr):
+    """One (BM, T) tile: load, rotate, then store / track amax / quantize (see _rotq_kernel)."""
+    kk = tl.arange(0, T)
+    NG: tl.constexpr = T // G
+    pid_m = tile // tiles_k
+    pid_k = tile - pid_m * tiles_k
     rows = pid_m * BM + tl.arange(0, BM)
-    cols = pid_k * T + tl.arange(0, T)
-    rmask = rows[:, None] < M
+    cols = pid_k * T + kk
+    rmask = (rows[:, None] < M) & (tile < n_tiles)
     x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=rmask, other=0.0)   # (BM, T)
     if HAS_ROT:
-        kk = tl.arange(0, T)
         if DOT_LOWP:   # bf16/fp16 input times the exact +-1 matrix: tensor cores, fp32 accumulate
-            mat = tl.load(m_ptr + kk[:, None] * T + kk[None, :])
             y = tl.dot(x, mat, out_dtype=tl.float32)
         else:
-            mat = tl.load(m_ptr + kk[:, None] * T + kk[None, :])
             y = tl.dot(x.to(tl.float32), mat, input_precision="ieee", out_dtype=tl.float32)
         if POST_SCALE:
             y = y * rot_scale
-        y = round_to_dtype(y, IS_BF16).to(x_ptr.dtype.element_ty).to(tl.float32)    # rounded to the input dtype, as transforms do
+        # rounded to the input dtype, as the transforms do (the hardware cast rounds to nearest
+        # even; Triton's CPU interpreter truncates bf16, hence the bit version there)
+        if HW_ROUND:
+            y = y.to(x_ptr.dtype.element_ty).to(tl.float32)
+        else:
+            y = round_to_dtype(y, IS_BF16).to(x_ptr.dtype.element_ty).to(tl.float32)
     else:
         y = x.to(tl.float32)
     if MODE == 0:
         tl.store(out_ptr + rows[:, None] * K + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=rmask)
     elif MODE == 1:
-        tl.store(amax_ptr + pid_m * tl.num_programs(1) + pid_k, tl.max(tl.max(tl.abs(y), axis=1), axis=0))
+        run_max = tl.maximum(run_max, tl.abs(y))
     else:
-        NG: tl.constexpr = T // G
         y3 = tl.reshape(y, (BM, NG, G))
         amax = tl.max(tl.abs(y3), axis=2)                     # (BM, NG)
         if IS_NV:
-            g = tl.load(gs_ptr)
             s, sbyte = nv_scale(amax, g)
         else:
             s, sbyte = mx_scale(amax)
-        q = tl.div_rn(y3, tl.broadcast_to(s[:, :, None], (BM, NG, G)))
-        val, code = e2m1(q)
-        if MODE == 2:
-            dq = tl.reshape(val * s[:, :, None] + 0.0, (BM, T))   # + 0.0: zeros as +0.0, as the engine
-            tl.store(out_ptr + rows[:, None] * K + cols[None, :], round_to_dtype(dq, IS_BF16).to(out_ptr.dtype.element_ty), mask=rmask)
+        sb3 = tl.broadcast_to(s[:, :, None], (BM, NG, G))
+        # q = fl32(y / s), computed without a per-element division where that is provably
+        # the same number (tests/kernels/test_division_shortcuts.py checks both exhaustively):
+        #  * MX, bf16/fp16 input: s = fl32(2^E/3) = 2^E/3 (1 + 2^-25), and y*3*2^-E (<= 13
+        #    significant bits, exact) is within a quarter ulp of y/s, so fl32(y/s) = y*(3*2^-E)
+        #    -- for normal s, i.e. amax >= 2^-124 (all-zero groups give 0 either way);
+        #  * NV, bf16/fp16 input: Markstein's correction with r = RN(1/s) per group,
+        #    q0 = RN(y r), rem = fma(-q0, s, y) (exact), q = fma(rem, r, q0) -- the sequence
+        #    of CUDA's own div.rn fast path, valid away from under/overflow.
+        if MX_MUL:
+            slow = tl.max(tl.max(((amax > 0.0) & (amax < 2.3509887016445750e-38)).to(tl.int32), axis=1), axis=0)
+            if slow > 0:
+                q = tl.div_rn(y3, sb3)
+            else:
+                e = floor_log2(tl.maximum(amax, 1.1754943508222875e-38))
+                c = pow2i(1 - e) * 1.5                        # 3 * 2^-E, exact
+                q = y3 * tl.broadcast_to(c[:, :, None], (BM, NG, G))
+        elif NV_FMA:
+            bad = (s < 7.888609052210118e-31) | (s > 1.2676506002282294e30) | (amax > 1.2676506002282294e30)
+            slow = tl.max(tl.max(bad.to(tl.int32), axis=1), axis=0)
+            if slow > 0:
+                q = tl.div_rn(y3, sb3)
+            else:
+                r = tl.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
+                q = div_markstein(y3, sb3, tl.broadcast_to(r[:, :, None], (BM, NG, G)))
         else:
-            code = tl.where((code & 7) == 0, 8, code)         # the reference packer stores zeros as 0x8
+            q = tl.div_rn(y3, sb3)
+        rr = e2m1_round(tl.abs(q))
+        qb = q.to(tl.int32, bitcast=True)
+        if MODE == 2:
+            v = tl.minimum(rr, 6.0).to(tl.int32, bitcast=True) | (qb & -2147483648)   # sign of q
+            dq = v.to(tl.float32, bitcast=True) * sb3 + 0.0   # + 0.0: zeros as +0.0, as the engine
+            dq = tl.reshape(dq, (BM, T))
+            if HW_ROUND:
+                dq = dq.to(out_ptr.dtype.element_ty)
+            else:
+                dq = round_to_dtype(dq, IS_BF16).to(out_ptr.dtype.element_ty)
+            tl.store(out_ptr + rows[:, None] * K + cols[None, :], dq, mask=rmask)
+        else:
+            idx = e2m1_index(rr)
+            code = tl.where(idx == 0, 8, idx | ((qb >> 28) & 8))   # zeros stored as 0x8 (reference packer)
             lo, hi = tl.split(tl.reshape(code, (BM, T // 2, 2)))
             pcols = pid_k * (T // 2) + tl.arange(0, T // 2)
             tl.store(pk_ptr + rows[:, None] * (K // 2) + pcols[None, :], (lo | (hi << 4)).to(tl.uint8), mask=rmask)
             gcols = pid_k * NG + tl.arange(0, NG)
             tl.store(sb_ptr + rows[:, None] * (K // G) + gcols[None, :], sbyte, mask=rmask)
+    return run_max
+
+
+@triton.jit
+def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr,
+                 M, K, stride_xm, rot_scale, n_tiles, tiles_k, iters,
+                 T: tl.constexpr, G: tl.constexpr, BM: tl.constexpr,
+                 HAS_ROT: tl.constexpr, DOT_LOWP: tl.constexpr, POST_SCALE: tl.constexpr,
+                 MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
+                 HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, STAGES: tl.constexpr,
+                 ITERS_C: tl.constexpr):
+    """Persistent: each program loads the rotation matrix once and walks tiles pid, pid+P, ...
+    (row-major over (row block, column tile)). MODE 0 rotated, 1 amax (one value per program),
+    2 fake quant, 3 packed codes + scale bytes."""
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    kk = tl.arange(0, T)
+    if HAS_ROT:
+        if DOT_LOWP:
+            mat = tl.load(m_ptr + kk[:, None] * T + kk[None, :])
+        else:
+            mat = tl.load(m_ptr + kk[:, None] * T + kk[None, :]).to(tl.float32)
+    else:
+        mat = 0.0
+    if IS_NV:
+        g = tl.load(gs_ptr)
+    else:
+        g = 1.0
+    run_max = tl.zeros((BM, T), dtype=tl.float32)
+    if ITERS_C > 0:      # Triton's CPU interpreter needs a Python int as the loop bound
+        for it in range(0, ITERS_C):
+            run_max = _rotq_tile(pid + it * nprog, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stride_xm, rot_scale,
+                                 n_tiles, tiles_k, T, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
+                                 HW_ROUND, MX_MUL, NV_FMA)
+    else:
+        for it in tl.range(0, iters, num_stages=STAGES):
+            run_max = _rotq_tile(pid + it * nprog, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stride_xm, rot_scale,
+                                 n_tiles, tiles_k, T, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
+                                 HW_ROUND, MX_MUL, NV_FMA)
+    if MODE == 1:
+        tl.store(amax_ptr + pid, tl.max(tl.max(run_max, axis=1), axis=0))
+
+
+_SM_COUNT: dict = {}
+_CONST: dict = {}
+
+
+def _sm_count(device) -> int:
+    if device.type != "cuda":
+        return 4                                       # interpreter: a few programs, loop exercised
+    k = device.index if device.index is not None else torch.cuda.current_device()
+    if k not in _SM_COUNT:
+        _SM_COUNT[k] = torch.cuda.get_device_properties(k).multi_processor_count
+    return _SM_COUNT[k]
+
+
+def _const(value: float, device) -> torch.Tensor:
+    """A cached one-element float32 device tensor (no host-to-device copy per call)."""
+    k = (float(value), str(device))
+    if k not in _CONST:
+        _CONST[k] = torch.tensor([value], dtype=torch.float32, device=device)
+    return _CONST[k]
+
+
+# Launch defaults from benchmarks/sweep_quant_kernel.py on the H100 (docs/performance.md).
+DEFAULT_LAUNCH = {"block_m": 64, "num_warps": 8, "waves": 4, "stages": 2}
 
 
 def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax=None, gs=None, block_m=None,
-            num_warps: int | None = None):
+            num_warps: int | None = None, waves: int | None = None, stages: int | None = None):
+    """Returns the number of programs (MODE 1 writes one partial amax per program)."""
     M, K = x2.shape
     T, G = plan.tile, spec.group_size
-    bm = block_m or (32 if T >= 128 else 64)
-    grid = (triton.cdiv(M, bm), K // T)
+    bm = block_m or DEFAULT_LAUNCH["block_m"]
+    tiles_k = K // T
+    n_tiles = triton.cdiv(M, bm) * tiles_k
+    nprog = max(1, min(n_tiles, _sm_count(x2.device) * (waves or DEFAULT_LAUNCH["waves"])))
     has_rot = plan.matrix is not None
+    interp = not x2.is_cuda
     # bf16/fp16 x +-1 matrix on the tensor cores (exact products). Triton's CPU interpreter reads
     # bf16 operands of tl.dot as raw integers, so there the tile is upcast first (same products).
-    lowp = (has_rot and plan.scale is not None and x2.dtype in (torch.bfloat16, torch.float16)
-            and x2.is_cuda)
+    lowp = has_rot and plan.scale is not None and x2.dtype in (torch.bfloat16, torch.float16) and not interp
     mat = plan.on(x2.device, x2.dtype if lowp else torch.float32) if has_rot else x2
+    small = x2.dtype in (torch.bfloat16, torch.float16)
+    is_nv = spec.scale_precision == "e4m3" if spec is not None else False
+    if mode == 1 and amax is None:
+        raise ValueError("amax buffer missing")
     dummy = x2
-    _rotq_kernel[grid](
+    _rotq_kernel[(nprog,)](
         x2, mat, out if out is not None else dummy, pk if pk is not None else dummy,
         sb if sb is not None else dummy, amax if amax is not None else dummy, gs if gs is not None else dummy,
-        M, K, x2.stride(0), float(plan.scale or 1.0),
+        M, K, x2.stride(0), float(plan.scale or 1.0), n_tiles, tiles_k, triton.cdiv(n_tiles, nprog),
         T=T, G=G, BM=bm, HAS_ROT=has_rot, DOT_LOWP=lowp, POST_SCALE=plan.scale is not None,
-        MODE=mode, IS_BF16=x2.dtype == torch.bfloat16, IS_NV=spec.scale_precision == "e4m3", num_warps=num_warps or 4, enable_fp_fusion=False)
-    return grid
+        MODE=mode, IS_BF16=x2.dtype == torch.bfloat16, IS_NV=is_nv, HW_ROUND=not interp,
+        MX_MUL=small and not is_nv, NV_FMA=small and is_nv and not interp,
+        STAGES=None if interp else (stages or DEFAULT_LAUNCH["stages"]), ITERS_C=triton.cdiv(n_tiles, nprog) if interp else 0, num_warps=num_warps or DEFAULT_LAUNCH["num_warps"],
+        enable_fp_fusion=False)
+    return nprog
 
 
 def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: str = "fake",
                     global_scale=None, plan: RotationPlan | None = None, block_m: int | None = None,
-                    num_warps: int | None = None):
+                    num_warps: int | None = None, waves: int | None = None, stages: int | None = None):
     """Fused rotation + FP4 quantization; see the module docstring. ``global_scale`` (NVFP4):
-    the fp32 encode scale to use; None computes it from the rotated input (an extra amax pass)."""
+    the fp32 encode scale to use; None computes it from the rotated input (an extra amax pass).
+    A float or CPU tensor is checked here (finite, > 0); a CUDA tensor is used as is, without a
+    host synchronisation (the engine's global scales are finite and positive by construction).
+    ``block_m``/``num_warps``/``waves``/``stages``: launch overrides (rows per tile, warps,
+    programs per SM, pipeline depth); defaults in ``DEFAULT_LAUNCH``."""
     if output not in _OUTPUTS:
         raise ValueError(f"output must be one of {list(_OUTPUTS)}, got {output!r}")
     if output in ("fake", "packed"):
@@ -236,29 +355,36 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     M = x2.shape[0]
+    launch = dict(block_m=block_m, num_warps=num_warps, waves=waves, stages=stages)
     if output == "rotated":
         out = torch.empty_like(x2)
-        _launch(x2, plan, spec, 0, out=out, block_m=block_m)
+        _launch(x2, plan, spec, 0, out=out, **launch)
         return out.reshape(x.shape)
     if output == "amax" or (spec.scale_precision == "e4m3" and global_scale is None):
-        bm = block_m or (32 if plan.tile >= 128 else 64)
-        part = torch.empty(triton.cdiv(M, bm) * (K // plan.tile), dtype=torch.float32, device=x.device)
-        _launch(x2, plan, spec, 1, amax=part, block_m=bm)
-        amax = part.amax().reshape(1)
+        bm = block_m or DEFAULT_LAUNCH["block_m"]
+        most = max(1, min(triton.cdiv(M, bm) * (K // plan.tile),
+                          _sm_count(x2.device) * (waves or DEFAULT_LAUNCH["waves"])))
+        part = torch.empty(most, dtype=torch.float32, device=x.device)
+        n = _launch(x2, plan, spec, 1, amax=part, **launch)
+        amax = part[:n].amax().reshape(1)
         if output == "amax":
             return amax
         gs = global_encode_scale(amax, spec)          # fl32(2688/amax), 1 for an all-zero tensor
     elif spec.scale_precision == "e4m3":
-        gs = torch.as_tensor(global_scale, dtype=torch.float32, device=x.device).reshape(1)
-        if not torch.isfinite(gs).all() or (gs <= 0).any():
-            raise ValueError(f"global scale must be finite and > 0, got {gs.tolist()}")
+        if isinstance(global_scale, torch.Tensor) and global_scale.is_cuda:
+            gs = global_scale.reshape(1).to(torch.float32)
+        else:
+            gs = torch.as_tensor(global_scale, dtype=torch.float32).reshape(1)
+            if not torch.isfinite(gs).all() or (gs <= 0).any():
+                raise ValueError(f"global scale must be finite and > 0, got {gs.tolist()}")
+            gs = gs.to(x.device)
     else:
-        gs = torch.tensor([spec.mx_global_scale], dtype=torch.float32, device=x.device)
+        gs = _const(spec.mx_global_scale, x.device)
     if output == "fake":
         out = torch.empty_like(x2)
-        _launch(x2, plan, spec, 2, out=out, gs=gs, block_m=block_m, num_warps=num_warps)
+        _launch(x2, plan, spec, 2, out=out, gs=gs, **launch)
         return out.reshape(x.shape)
     pk = torch.empty(M, K // 2, dtype=torch.uint8, device=x.device)
     sb = torch.empty(M, K // spec.group_size, dtype=torch.uint8, device=x.device)
-    _launch(x2, plan, spec, 3, pk=pk, sb=sb, gs=gs, block_m=block_m, num_warps=num_warps)
-    return pk, sb, gs
+    _launch(x2, plan, spec, 3, pk=pk, sb=sb, gs=gs, **launch)
+    return pk, sb, (gs.clone() if spec.scale_precision != "e4m3" else gs)

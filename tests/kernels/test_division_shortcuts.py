@@ -1,0 +1,120 @@
+"""The quant kernel's shortcuts around the per-element division q = fl32(y / s), checked
+exhaustively (fpq_core/kernels/quant.py explains why they are exact):
+
+* MX x3 rule, bf16/fp16 input: fl32(y / fl32(2^E/3)) == y * (3 * 2^-E) for every value y of the
+  input dtype inside the group's range (|y| < 2^(E+1)) and every E with a normal scale -- a plain
+  torch check, runs everywhere;
+* NVFP4, bf16/fp16 input: Markstein's correction from r = RN(1/s) equals tl.div_rn for every
+  input mantissa against every float32 divisor mantissa (2^30 / 2^33 pairs; scaling both by
+  powers of two changes nothing away from under/overflow) -- needs the GPU's FMA;
+* the E2M1 rounding by magic-number addition equals the engine's threshold ladder.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from .conftest import interp, kernel_device
+
+
+def _all_positive(dtype):
+    """Every positive finite value of a 16-bit float dtype, as float32."""
+    bits = torch.arange(1, 0x7C00 if dtype == torch.float16 else 0x7F80, dtype=torch.int32).to(torch.int16)
+    return bits.view(dtype).float()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mx_division_is_a_multiplication(dtype):
+    y = _all_positive(dtype)
+    checked = 0
+    for E in range(-124, 128):
+        yy = y[y < 2.0 ** (E + 1)]
+        if yy.numel() == 0:
+            continue
+        s = torch.tensor(2.0 ** E / 3.0, dtype=torch.float64).float()        # the engine's fl32(2^E/3)
+        c = torch.tensor(1.5 * 2.0 ** (1 - E), dtype=torch.float32)           # the kernel's 3 * 2^-E
+        q_div, q_mul = yy / s, yy * c
+        # subnormal quotients (y far below the group's amax) may differ, but both are < 0.25,
+        # so both round to the E2M1 code 0 -- the only thing the kernel uses them for
+        tiny = q_div < 2.0 ** -126
+        assert bool((q_mul[tiny] < 0.25).all())
+        q_div, q_mul = q_div[~tiny], q_mul[~tiny]
+        bad = (q_div.view(torch.int32) != q_mul.view(torch.int32)).nonzero()
+        assert bad.numel() == 0, (E, yy[bad[:5, 0]].tolist())
+        checked += yy.numel()
+    assert checked > 10**6
+
+
+def test_mx_division_shortcut_needs_normal_scale():
+    """Below the kernel's 2^-124 bound the scale is subnormal and the shortcut really differs
+    (so the bound is needed, and the test above would catch a wrong one)."""
+    y = _all_positive(torch.bfloat16)
+    E = -126
+    yy = y[y < 2.0 ** (E + 1)]
+    s = torch.tensor(2.0 ** E / 3.0, dtype=torch.float64).float()
+    c = torch.tensor(1.5 * 2.0 ** (1 - E), dtype=torch.float32)
+    assert (yy / s != yy * c).any()
+
+
+try:
+    import triton
+    import triton.language as tl
+
+    from fpq_core.kernels._common import div_markstein, e2m1, e2m1_index, e2m1_round
+except ImportError:      # CPU-only install: the two Triton tests below skip
+    triton = None
+
+if triton is not None:
+    @triton.jit
+    def _markstein_check(bad_ptr, NI: tl.constexpr, MBITS: tl.constexpr, BLOCK: tl.constexpr):
+        pid = tl.program_id(0)
+        j = pid * BLOCK + tl.arange(0, BLOCK)
+        s = 1.0 + j.to(tl.float32) * 1.1920928955078125e-07          # every float32 mantissa in [1, 2)
+        r = tl.div_rn(tl.full((BLOCK,), 1.0, tl.float32), s)
+        nbad = tl.zeros((BLOCK,), dtype=tl.int32)
+        for i in range(0, NI):
+            y = 1.0 + i * (1.0 / (1 << MBITS))                          # every input mantissa in [1, 2)
+            yv = tl.full((BLOCK,), y, tl.float32)
+            q_ref = tl.div_rn(yv, s)
+            q_fast = div_markstein(yv, s, r)
+            nbad += (q_ref != q_fast).to(tl.int32)
+        tl.atomic_add(bad_ptr, tl.sum(nbad, axis=0))
+
+    @triton.jit
+    def _e2m1_check(q_ptr, out_ptr, N, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < N
+        q = tl.load(q_ptr + offs, mask=m, other=0.0)
+        val, code = e2m1(q)
+        rr = e2m1_round(tl.abs(q))
+        ok = (tl.minimum(rr, 6.0) == tl.abs(val)) & (e2m1_index(rr) == (code & 7))
+        tl.store(out_ptr + offs, ok.to(tl.int8), mask=m)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_nv_markstein_division_exhaustive(dtype):
+    if kernel_device() != "cuda":
+        pytest.skip("needs a real FMA (CUDA); Triton's interpreter rounds fma twice")
+    mbits = 7 if dtype == torch.bfloat16 else 10
+    bad = torch.zeros(1, dtype=torch.int32, device="cuda")
+    block = 1024
+    _markstein_check[((1 << 23) // block,)](bad, NI=1 << mbits, MBITS=mbits, BLOCK=block, enable_fp_fusion=False)
+    assert bad.item() == 0
+
+
+@pytest.mark.gpu
+def test_e2m1_magic_rounding_equals_ladder(dev):
+    # every bf16 value in [0, 16) plus each threshold and its float32 neighbours
+    q = _all_positive(torch.bfloat16)
+    q = q[q < 16.0]
+    th = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0], dtype=torch.float32)
+    near = torch.cat([th, torch.nextafter(th, torch.zeros(())), torch.nextafter(th, torch.full((), 8.0))])
+    if not interp():
+        dense = torch.arange(0, 1 << 24, dtype=torch.float32) * (8.0 / (1 << 24))   # a 2^-21 grid over [0, 8)
+        near = torch.cat([near, dense])
+    q = torch.cat([torch.zeros(1), q, near, -q, -near]).to(dev)
+    out = torch.empty(q.numel(), dtype=torch.int8, device=dev)
+    block = 1024
+    _e2m1_check[((q.numel() + block - 1) // block,)](q, out, q.numel(), BLOCK=block)
+    assert bool(out.bool().all()), q[~out.bool()][:8].tolist()
