@@ -39,10 +39,13 @@ def mx_scale(amax):
     """(float scale 2^E/3, E8M0 byte E+127) of the FP-Quant x3 MXFP4 rule, exact numerics.
 
     The engine computes s0 = amax/6 and fl32(6*s0) in float64, which gives back amax exactly, so
-    E is simply the exponent of max(amax, 2^-126)."""
+    E is simply the exponent of max(amax, 2^-126). The engine's fl32(2^E/3) equals
+    2^E * fl32(1/3) wherever that is normal (E >= -124: scaling by a power of two commutes with
+    rounding); the two subnormal cases E = -126, -125 are constants. No float64 division."""
     e = floor_log2(tl.maximum(amax, 1.1754943508222875e-38))
-    s = (pow2i(e).to(tl.float64) / 3.0).to(tl.float32)   # float64 '/' lowers to div.rn.f64
-    return s, (e + 127).to(tl.uint8)
+    s = pow2i(tl.maximum(e, -124)) * 0.3333333432674408
+    s = tl.where(e >= -124, s, tl.where(e == -125, 7.836628538382429e-39, 3.9183149698404465e-39))
+    return s.to(tl.float32), (e + 127).to(tl.uint8)
 
 
 @triton.jit
@@ -77,13 +80,29 @@ def e4m3_byte(r):
 
 
 @triton.jit
-def nv_scale(amax, g):
+def div6_f64(a, EXACT_FMA: tl.constexpr):
+    """RN64(a / 6) for float64 a: Markstein's correction from RN64(1/6) (three DFMAs instead of a
+    float64 division; checked exhaustively over all float32 mantissas on the GPU). Triton's CPU
+    interpreter has no real fma, so there (EXACT_FMA=False) it divides."""
+    if EXACT_FMA:
+        q0 = a * 0.16666666666666666
+        rem = tl.fma(q0, -6.0, a)
+        return tl.fma(rem, 0.16666666666666666, q0)
+    else:
+        return a / 6.0
+
+
+@triton.jit
+def nv_scale(amax, g, EXACT_FMA: tl.constexpr):
     """(float scale e/G with 0 -> 1, E4M3 byte of clamp(fl32(s*G))) for NVFP4, exact numerics:
-    s0 = amax/6 and t = s0*G in float64, e = RNE_e4m3(min(t, 448)) (one rounding), s = fl32(e/G)."""
+    s0 = amax/6 and t = s0*G in float64, e = RNE_e4m3(min(t, 448)) (one rounding), s = fl32(e/G).
+    fl32(e/G) is a float32 division: e has <= 4 significant bits and G 24, so e/G is never within
+    2^-49 (relative) of a float32 rounding boundary and the engine's float64 quotient rounds to the
+    same float32."""
     g64 = g.to(tl.float64)
-    s0 = (amax.to(tl.float64) * 2.0) / 12.0
+    s0 = div6_f64(amax.to(tl.float64), EXACT_FMA)
     e = e4m3_rne64(tl.minimum(s0 * g64, 448.0))
-    s = (e / g64).to(tl.float32)
+    s = tl.div_rn(e.to(tl.float32), g)
     s = tl.where(s == 0.0, 1.0, s)
     byte = e4m3_byte(e4m3_rne(tl.minimum(s * g, 448.0)))
     return s, byte

@@ -65,16 +65,21 @@ class RotationPlan:
     """The (T, T) block-diagonal matrix the kernel multiplies a tile of T columns by.
 
     ``matrix``: +-1 Sylvester signs for Hadamard (then ``scale`` = fl32(1/sqrt(n))), else the
-    transform's float32 block matrix (``scale`` = 1, no post-multiply). ``None`` = no rotation."""
+    transform's float32 block matrix (``scale`` = 1, no post-multiply). ``None`` = no rotation.
+    ``foldable``: the Hadamard scale is a power of two (n = 16, 64, 256), so ``on(..., folded=True)``
+    returns the matrix times the scale -- still exact in bf16, and the fp32 sum of the scaled
+    products is the scaled sum bit for bit -- and the kernel skips the post-multiply."""
 
     def __init__(self, matrix: torch.Tensor | None, n: int, scale: float | None, tile: int):
         self.matrix, self.n, self.scale, self.tile = matrix, n, scale, tile
+        self.foldable = scale is not None and math.frexp(scale)[0] == 0.5
         self._cache: dict = {}
 
-    def on(self, device, dtype) -> torch.Tensor:
-        k = (str(device), dtype)
+    def on(self, device, dtype, folded: bool = False) -> torch.Tensor:
+        k = (str(device), dtype, folded)
         if k not in self._cache:
-            self._cache[k] = self.matrix.to(device=device, dtype=dtype).contiguous()
+            m = self.matrix * self.scale if folded else self.matrix
+            self._cache[k] = m.to(device=device, dtype=dtype).contiguous()
         return self._cache[k]
 
 
@@ -149,7 +154,7 @@ def _rotq_tile(tile, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stri
                T: tl.constexpr, G: tl.constexpr, BM: tl.constexpr,
                HAS_ROT: tl.constexpr, DOT_LOWP: tl.constexpr, POST_SCALE: tl.constexpr,
                MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
-               HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr):
+               HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, CHECK: tl.constexpr):
     """One (BM, T) tile: load, rotate, then store / track amax / quantize (see _rotq_kernel)."""
     kk = tl.arange(0, T)
     NG: tl.constexpr = T // G
@@ -182,7 +187,7 @@ def _rotq_tile(tile, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stri
         y3 = tl.reshape(y, (BM, NG, G))
         amax = tl.max(tl.abs(y3), axis=2)                     # (BM, NG)
         if IS_NV:
-            s, sbyte = nv_scale(amax, g)
+            s, sbyte = nv_scale(amax, g, HW_ROUND)      # HW_ROUND: compiled, i.e. a real fma
         else:
             s, sbyte = mx_scale(amax)
         sb3 = tl.broadcast_to(s[:, :, None], (BM, NG, G))
@@ -195,7 +200,9 @@ def _rotq_tile(tile, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stri
         #    q0 = RN(y r), rem = fma(-q0, s, y) (exact), q = fma(rem, r, q0) -- the sequence
         #    of CUDA's own div.rn fast path, valid away from under/overflow.
         if MX_MUL:
-            slow = tl.max(tl.max(((amax > 0.0) & (amax < 2.3509887016445750e-38)).to(tl.int32), axis=1), axis=0)
+            slow = 0
+            if CHECK:
+                slow = tl.max(tl.max(((amax > 0.0) & (amax < 2.3509887016445750e-38)).to(tl.int32), axis=1), axis=0)
             if slow > 0:
                 q = tl.div_rn(y3, sb3)
             else:
@@ -204,7 +211,9 @@ def _rotq_tile(tile, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stri
                 q = y3 * tl.broadcast_to(c[:, :, None], (BM, NG, G))
         elif NV_FMA:
             bad = (s < 7.888609052210118e-31) | (s > 1.2676506002282294e30) | (amax > 1.2676506002282294e30)
-            slow = tl.max(tl.max(bad.to(tl.int32), axis=1), axis=0)
+            slow = 0
+            if CHECK:
+                slow = tl.max(tl.max(bad.to(tl.int32), axis=1), axis=0)
             if slow > 0:
                 q = tl.div_rn(y3, sb3)
             else:
@@ -241,7 +250,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr,
                  HAS_ROT: tl.constexpr, DOT_LOWP: tl.constexpr, POST_SCALE: tl.constexpr,
                  MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
                  HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, STAGES: tl.constexpr,
-                 ITERS_C: tl.constexpr):
+                 ITERS_C: tl.constexpr, CHECK: tl.constexpr = True):
     """Persistent: each program loads the rotation matrix once and walks tiles pid, pid+P, ...
     (row-major over (row block, column tile)). MODE 0 rotated, 1 amax (one value per program),
     2 fake quant, 3 packed codes + scale bytes."""
@@ -264,12 +273,12 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr,
         for it in range(0, ITERS_C):
             run_max = _rotq_tile(pid + it * nprog, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stride_xm, rot_scale,
                                  n_tiles, tiles_k, T, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                 HW_ROUND, MX_MUL, NV_FMA)
+                                 HW_ROUND, MX_MUL, NV_FMA, CHECK)
     else:
         for it in tl.range(0, iters, num_stages=STAGES):
             run_max = _rotq_tile(pid + it * nprog, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stride_xm, rot_scale,
                                  n_tiles, tiles_k, T, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                 HW_ROUND, MX_MUL, NV_FMA)
+                                 HW_ROUND, MX_MUL, NV_FMA, CHECK)
     if MODE == 1:
         tl.store(amax_ptr + pid, tl.max(tl.max(run_max, axis=1), axis=0))
 
@@ -296,7 +305,10 @@ def _const(value: float, device) -> torch.Tensor:
 
 
 # Launch defaults from benchmarks/sweep_quant_kernel.py on the H100 (docs/performance.md).
-DEFAULT_LAUNCH = {"block_m": 64, "num_warps": 8, "waves": 4, "stages": 2}
+DEFAULT_LAUNCH = {"block_m": 64, "num_warps": 4, "waves": 8, "stages": 3}
+# The per-tile range check that routes tiles with extreme scales to exact divisions. Only the
+# sweep benchmark switches it off, to measure what it costs; results are then not guaranteed.
+_RANGE_CHECK = True
 
 
 def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax=None, gs=None, block_m=None,
@@ -313,7 +325,8 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
     # bf16/fp16 x +-1 matrix on the tensor cores (exact products). Triton's CPU interpreter reads
     # bf16 operands of tl.dot as raw integers, so there the tile is upcast first (same products).
     lowp = has_rot and plan.scale is not None and x2.dtype in (torch.bfloat16, torch.float16) and not interp
-    mat = plan.on(x2.device, x2.dtype if lowp else torch.float32) if has_rot else x2
+    fold = plan.foldable
+    mat = plan.on(x2.device, x2.dtype if lowp else torch.float32, folded=fold) if has_rot else x2
     small = x2.dtype in (torch.bfloat16, torch.float16)
     is_nv = spec.scale_precision == "e4m3" if spec is not None else False
     if mode == 1 and amax is None:
@@ -323,8 +336,8 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
         x2, mat, out if out is not None else dummy, pk if pk is not None else dummy,
         sb if sb is not None else dummy, amax if amax is not None else dummy, gs if gs is not None else dummy,
         M, K, x2.stride(0), float(plan.scale or 1.0), n_tiles, tiles_k, triton.cdiv(n_tiles, nprog),
-        T=T, G=G, BM=bm, HAS_ROT=has_rot, DOT_LOWP=lowp, POST_SCALE=plan.scale is not None,
-        MODE=mode, IS_BF16=x2.dtype == torch.bfloat16, IS_NV=is_nv, HW_ROUND=not interp,
+        T=T, G=G, BM=bm, HAS_ROT=has_rot, DOT_LOWP=lowp, POST_SCALE=plan.scale is not None and not fold,
+        CHECK=_RANGE_CHECK, MODE=mode, IS_BF16=x2.dtype == torch.bfloat16, IS_NV=is_nv, HW_ROUND=not interp,
         MX_MUL=small and not is_nv, NV_FMA=small and is_nv and not interp,
         STAGES=None if interp else (stages or DEFAULT_LAUNCH["stages"]), ITERS_C=triton.cdiv(n_tiles, nprog) if interp else 0, num_warps=num_warps or DEFAULT_LAUNCH["num_warps"],
         enable_fp_fusion=False)

@@ -60,7 +60,7 @@ try:
     import triton
     import triton.language as tl
 
-    from fpq_core.kernels._common import div_markstein, e2m1, e2m1_index, e2m1_round
+    from fpq_core.kernels._common import div6_f64, div_markstein, e2m1, e2m1_index, e2m1_round
 except ImportError:      # CPU-only install: the two Triton tests below skip
     triton = None
 
@@ -78,6 +78,13 @@ if triton is not None:
             q_ref = tl.div_rn(yv, s)
             q_fast = div_markstein(yv, s, r)
             nbad += (q_ref != q_fast).to(tl.int32)
+        tl.atomic_add(bad_ptr, tl.sum(nbad, axis=0))
+
+    @triton.jit
+    def _div6_check(bad_ptr, BLOCK: tl.constexpr):
+        j = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        a = (1.0 + j.to(tl.float32) * 1.1920928955078125e-07).to(tl.float64)   # every float32 mantissa
+        nbad = (div6_f64(a, True) != a / 6.0).to(tl.int32)
         tl.atomic_add(bad_ptr, tl.sum(nbad, axis=0))
 
     @triton.jit
@@ -101,6 +108,30 @@ def test_nv_markstein_division_exhaustive(dtype):
     block = 1024
     _markstein_check[((1 << 23) // block,)](bad, NI=1 << mbits, MBITS=mbits, BLOCK=block, enable_fp_fusion=False)
     assert bad.item() == 0
+
+
+@pytest.mark.gpu
+def test_nv_amax_over_six_exhaustive():
+    """The NVFP4 scale's float64 amax/6 by Markstein's correction equals the float64 division
+    for every float32 amax mantissa (float32 exponents are far inside float64's normal range)."""
+    if kernel_device() != "cuda":
+        pytest.skip("needs a real FMA (CUDA)")
+    bad = torch.zeros(1, dtype=torch.int32, device="cuda")
+    _div6_check[((1 << 23) // 1024,)](bad, BLOCK=1024, enable_fp_fusion=False)
+    assert bad.item() == 0
+
+
+def test_mx_scale_without_float64_division():
+    """fl32(2^E/3) (the engine: float64 division, then float32) equals 2^E * fl32(1/3) for
+    E >= -124 -- the kernel's formula -- and the subnormal E = -125, -126 are its two constants."""
+    third = torch.tensor(1 / 3, dtype=torch.float64).float()
+    for E in range(-126, 128):
+        engine = torch.tensor(2.0 ** E / 3, dtype=torch.float64).float()
+        if E >= -124:
+            kernel = torch.tensor(2.0 ** E, dtype=torch.float32) * third
+        else:
+            kernel = torch.tensor({-125: 7.836628538382429e-39, -126: 3.9183149698404465e-39}[E], dtype=torch.float32)
+        assert engine.view(torch.int32) == kernel.view(torch.int32), E
 
 
 @pytest.mark.gpu

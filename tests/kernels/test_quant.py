@@ -103,6 +103,35 @@ def test_all_zero_tensor(dev):
         assert torch.equal(pk, rp) and torch.equal(sb, rs)
 
 
+@pytest.mark.parametrize("name", SPECS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_extreme_group_scales(dev, name, dtype):
+    """Groups whose amax spans the whole range of the dtype (subnormal MX scales, NVFP4 scales far
+    from 1, bf16 subnormals): the kernel's division shortcuts and their fallbacks stay bit-exact."""
+    from fpq_core.formats.quantize import quantize
+    from fpq_core.kernels.quant import rotate_quantize
+    spec = _spec(name)
+    g = torch.Generator().manual_seed(7)
+    lo, hi = (-133, 127) if dtype == torch.bfloat16 else (-24, 15)
+    if interp() and dtype == torch.bfloat16:
+        lo = -118          # Triton's interpreter converts bf16 subnormals wrongly (the GPU does not)
+    exps = torch.arange(lo, hi + 1)
+    G = spec.group_size
+    rows = []
+    for e in exps.tolist():
+        v = torch.randn(2, G, generator=g) * 2.0 ** e
+        rows.append(v)
+    x = torch.cat(rows).to(dtype)
+    x = x.reshape(-1, 4 * G) if x.shape[0] % 4 == 0 else x
+    x = torch.where(torch.isfinite(x), x, torch.zeros_like(x)).to(dev)
+    for sub in (x, x[: x.shape[0] // 3]):          # whole range; and the small-magnitude rows alone
+        qt = quantize(sub, spec)
+        assert torch.equal(_bits(rotate_quantize(sub, spec, None, "fake")), _bits(qt.dequantize()))
+        pk, sb, _ = rotate_quantize(sub, spec, None, "packed")
+        rp, rs = qt.pack()
+        assert torch.equal(pk, rp) and torch.equal(sb, rs)
+
+
 def test_bad_dims_raise(dev):
     from fpq_core.kernels.quant import rotate_quantize
     from fpq_core.transforms import get_transform
