@@ -11,8 +11,32 @@ import torch
 import triton
 import triton.language as tl
 
-from fpq_core.kernels._common import e2m1, mx_scale, nv_scale, round_to_dtype
+from fpq_core.kernels._common import e2m1, e4m3_byte, e4m3_rne, e4m3_rne64, floor_log2, pow2i, round_to_dtype
 from fpq_core.kernels.quant import RotationPlan
+
+
+@triton.jit
+def mx_scale_v1(amax):
+    """(float scale 2^E/3, E8M0 byte E+127) of the FP-Quant x3 MXFP4 rule, exact numerics.
+
+    The engine computes s0 = amax/6 and fl32(6*s0) in float64, which gives back amax exactly, so
+    E is simply the exponent of max(amax, 2^-126)."""
+    e = floor_log2(tl.maximum(amax, 1.1754943508222875e-38))
+    s = (pow2i(e).to(tl.float64) / 3.0).to(tl.float32)   # float64 '/' lowers to div.rn.f64
+    return s, (e + 127).to(tl.uint8)
+
+
+@triton.jit
+def nv_scale_v1(amax, g):
+    """(float scale e/G with 0 -> 1, E4M3 byte of clamp(fl32(s*G))) for NVFP4, exact numerics:
+    s0 = amax/6 and t = s0*G in float64, e = RNE_e4m3(min(t, 448)) (one rounding), s = fl32(e/G)."""
+    g64 = g.to(tl.float64)
+    s0 = (amax.to(tl.float64) * 2.0) / 12.0
+    e = e4m3_rne64(tl.minimum(s0 * g64, 448.0))
+    s = (e / g64).to(tl.float32)
+    s = tl.where(s == 0.0, 1.0, s)
+    byte = e4m3_byte(e4m3_rne(tl.minimum(s * g, 448.0)))
+    return s, byte
 
 
 @triton.jit
@@ -50,9 +74,9 @@ def _rotq_kernel_v1(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr,
         amax = tl.max(tl.abs(y3), axis=2)                     # (BM, NG)
         if IS_NV:
             g = tl.load(gs_ptr)
-            s, sbyte = nv_scale(amax, g)
+            s, sbyte = nv_scale_v1(amax, g)
         else:
-            s, sbyte = mx_scale(amax)
+            s, sbyte = mx_scale_v1(amax)
         q = tl.div_rn(y3, tl.broadcast_to(s[:, :, None], (BM, NG, G)))
         val, code = e2m1(q)
         if MODE == 2:

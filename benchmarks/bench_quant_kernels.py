@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks._common import bench, bench_graph, device_info, soft, table, write_json  # noqa: E402
+from benchmarks._common import bench, bench_graph, copy_baselines, device_info, soft, table, write_json  # noqa: E402
 
 SHAPES = {"w_4096x4096": (4096, 4096), "w_14336x4096": (14336, 4096), "w_4096x14336": (4096, 14336),
           "a_2048x4096": (2048, 4096), "a_8192x14336": (8192, 14336)}
@@ -113,12 +113,10 @@ def main(argv=None):
     ap.add_argument("--inputs", type=int, default=3)
     a = ap.parse_args(argv)
     info = device_info()
-    nb = 1024 * 1024 * 1024                                # 1 GiB copies, two sources (no L2 reuse)
-    src = [torch.empty(nb // 2, dtype=torch.bfloat16, device="cuda").normal_() for _ in range(2)]
-    dst = torch.empty_like(src[0])
-    copy_bw = 2 * nb / (bench_graph(lambda x: dst.copy_(x), src, rep=10) * 1e-3)
-    del src, dst
-    print(f"{info.get('gpu')}: device copy {copy_bw / 1e9:.0f} GB/s (read + write, CUDA graph)", flush=True)
+    copies = copy_baselines()
+    copy_bw = copies["best"]
+    print(f"{info.get('gpu')}: device copy (read + write) " + ", ".join(f"{k} {v / 1e9:.0f} GB/s" for k, v in copies.items()),
+          flush=True)
     rows: list = []
     for label, (M, K) in SHAPES.items():
         for fmt in ("mxfp4", "nvfp4"):
@@ -129,7 +127,7 @@ def main(argv=None):
                 soft(rows, f"{label}/{fmt}/had{n}", run_case, label, M, K, fmt, n, copy_bw, a.inputs,
                      with_compile=first and label in ("a_2048x4096", "w_4096x14336"),
                      with_eager=first)
-    payload = {"device": info, "copy_GBps": copy_bw / 1e9, "rows": rows}
+    payload = {"device": info, "copy_GBps": copy_bw / 1e9, "copy_baselines_GBps": {k: v / 1e9 for k, v in copies.items()}, "rows": rows}
     write_json(a.out, "bench_quant_kernels", payload)
     print(table(rows, ["name", "kernel_ms", "GBps", "pct_copy", "v1_ms", "speedup_vs_v1", "call_ms", "eager_ms",
                        "compile_ms", "bit_exact_given_rotation", "v1_equal", "rot_mismatch_vs_twin"]))

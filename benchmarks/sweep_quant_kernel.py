@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks._common import bench_graph, device_info, write_json  # noqa: E402
+from benchmarks._common import bench_graph, copy_baselines, device_info, write_json  # noqa: E402
 
 
 def main(argv=None):
@@ -31,11 +31,8 @@ def main(argv=None):
     from fpq_core.kernels.quant import make_plan, rotate_quantize
     from fpq_core.transforms import get_transform
 
-    nb = 1024 * 1024 * 1024
-    src = [torch.empty(nb // 2, dtype=torch.bfloat16, device="cuda").normal_() for _ in range(2)]
-    dst = torch.empty_like(src[0])
-    copy = 2 * nb / (bench_graph(lambda x: dst.copy_(x), src, rep=10) * 1e-3)
-    del src, dst
+    copies = copy_baselines()
+    copy = copies["best"]
     rows = []
     cases = [("a_8192x14336", 8192, 14336), ("w_4096x4096", 4096, 4096)]
     grid = list(itertools.product((32, 64, 128), (64, 128), (4, 8), (2, 3, 4)))
@@ -89,7 +86,8 @@ def main(argv=None):
         torch.cuda.empty_cache()
     bad = [r for r in rows if r.get("equal_to_default") is False]
     print(f"configs whose bytes differ from the default launch: {len(bad)}")
-    write_json(a.out, "sweep_quant_kernel", {"device": device_info(), "copy_GBps": copy / 1e9, "rows": rows})
+    write_json(a.out, "sweep_quant_kernel", {"device": device_info(), "copy_GBps": copy / 1e9,
+                                             "copy_baselines_GBps": {k: v / 1e9 for k, v in copies.items()}, "rows": rows})
 
 
 if __name__ == "__main__":

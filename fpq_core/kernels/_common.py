@@ -182,3 +182,16 @@ def div_markstein(y, s, r):
     q0 = y * r
     rem = tl.fma(q0, s * -1.0, y)
     return tl.fma(rem, r, q0)
+
+
+@triton.jit
+def e2m1_index_direct(m):
+    """The 3-bit E2M1 index of RNE(m) for non-negative float32 m (saturating), without forming
+    the rounded value: with c as in :func:`e2m1_round`, m + c (one rounding) holds the multiple k
+    of the binade's ulp in its low mantissa bits, and the index is k + 2*(e - 127), capped at 7.
+    m is capped at 8 first so that m + c stays in c's binade."""
+    m = tl.minimum(m, 8.0)
+    eb = tl.minimum(tl.maximum(m.to(tl.int32, bitcast=True) >> 23, 127), 129)
+    t = m + ((eb + 22) << 23).to(tl.float32, bitcast=True)
+    k = t.to(tl.int32, bitcast=True) & 0x7FFFFF
+    return tl.minimum(k + 2 * eb - 254, 7)

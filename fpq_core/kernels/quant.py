@@ -36,7 +36,7 @@ import triton.language as tl
 from fpq_core.formats.quantize import global_encode_scale, quantize
 from fpq_core.formats.spec import QuantSpec
 
-from ._common import div_markstein, e2m1_index, e2m1_round, floor_log2, mx_scale, nv_scale, pow2i, round_to_dtype
+from ._common import div_markstein, e2m1_index_direct, e2m1_round, floor_log2, mx_scale, nv_scale, pow2i, round_to_dtype
 
 __all__ = ["rotate_quantize", "rotate_quantize_twin", "rotate_twin", "check_supported", "RotationPlan",
            "make_plan"]
@@ -221,9 +221,9 @@ def _rotq_tile(tile, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stri
                 q = div_markstein(y3, sb3, tl.broadcast_to(r[:, :, None], (BM, NG, G)))
         else:
             q = tl.div_rn(y3, sb3)
-        rr = e2m1_round(tl.abs(q))
         qb = q.to(tl.int32, bitcast=True)
         if MODE == 2:
+            rr = e2m1_round(tl.abs(q))
             v = tl.minimum(rr, 6.0).to(tl.int32, bitcast=True) | (qb & -2147483648)   # sign of q
             dq = v.to(tl.float32, bitcast=True) * sb3 + 0.0   # + 0.0: zeros as +0.0, as the engine
             dq = tl.reshape(dq, (BM, T))
@@ -233,7 +233,7 @@ def _rotq_tile(tile, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stri
                 dq = round_to_dtype(dq, IS_BF16).to(out_ptr.dtype.element_ty)
             tl.store(out_ptr + rows[:, None] * K + cols[None, :], dq, mask=rmask)
         else:
-            idx = e2m1_index(rr)
+            idx = e2m1_index_direct(tl.abs(q))
             code = tl.where(idx == 0, 8, idx | ((qb >> 28) & 8))   # zeros stored as 0x8 (reference packer)
             lo, hi = tl.split(tl.reshape(code, (BM, T // 2, 2)))
             pcols = pid_k * (T // 2) + tl.arange(0, T // 2)
@@ -305,7 +305,8 @@ def _const(value: float, device) -> torch.Tensor:
 
 
 # Launch defaults from benchmarks/sweep_quant_kernel.py on the H100 (docs/performance.md).
-DEFAULT_LAUNCH = {"block_m": 64, "num_warps": 4, "waves": 8, "stages": 3}
+DEFAULT_LAUNCH = {"block_m": 64, "num_warps": 4, "waves": 16, "stages": 3}
+DEFAULT_STAGES_NV = 4          # NVFP4 (more work per group) prefers one more pipeline stage
 # The per-tile range check that routes tiles with extreme scales to exact divisions. Only the
 # sweep benchmark switches it off, to measure what it costs; results are then not guaranteed.
 _RANGE_CHECK = True
@@ -339,7 +340,7 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
         T=T, G=G, BM=bm, HAS_ROT=has_rot, DOT_LOWP=lowp, POST_SCALE=plan.scale is not None and not fold,
         CHECK=_RANGE_CHECK, MODE=mode, IS_BF16=x2.dtype == torch.bfloat16, IS_NV=is_nv, HW_ROUND=not interp,
         MX_MUL=small and not is_nv, NV_FMA=small and is_nv and not interp,
-        STAGES=None if interp else (stages or DEFAULT_LAUNCH["stages"]), ITERS_C=triton.cdiv(n_tiles, nprog) if interp else 0, num_warps=num_warps or DEFAULT_LAUNCH["num_warps"],
+        STAGES=None if interp else (stages or (DEFAULT_STAGES_NV if is_nv else DEFAULT_LAUNCH["stages"])), ITERS_C=triton.cdiv(n_tiles, nprog) if interp else 0, num_warps=num_warps or DEFAULT_LAUNCH["num_warps"],
         enable_fp_fusion=False)
     return nprog
 

@@ -60,7 +60,7 @@ try:
     import triton
     import triton.language as tl
 
-    from fpq_core.kernels._common import div6_f64, div_markstein, e2m1, e2m1_index, e2m1_round
+    from fpq_core.kernels._common import div6_f64, div_markstein, e2m1, e2m1_index, e2m1_index_direct, e2m1_round
 except ImportError:      # CPU-only install: the two Triton tests below skip
     triton = None
 
@@ -94,7 +94,8 @@ if triton is not None:
         q = tl.load(q_ptr + offs, mask=m, other=0.0)
         val, code = e2m1(q)
         rr = e2m1_round(tl.abs(q))
-        ok = (tl.minimum(rr, 6.0) == tl.abs(val)) & (e2m1_index(rr) == (code & 7))
+        ok = ((tl.minimum(rr, 6.0) == tl.abs(val)) & (e2m1_index(rr) == (code & 7))
+              & (e2m1_index_direct(tl.abs(q)) == (code & 7)))
         tl.store(out_ptr + offs, ok.to(tl.int8), mask=m)
 
 
@@ -144,7 +145,8 @@ def test_e2m1_magic_rounding_equals_ladder(dev):
     if not interp():
         dense = torch.arange(0, 1 << 24, dtype=torch.float32) * (8.0 / (1 << 24))   # a 2^-21 grid over [0, 8)
         near = torch.cat([near, dense])
-    q = torch.cat([torch.zeros(1), q, near, -q, -near]).to(dev)
+    big = torch.tensor([7.0, 7.99, 8.0, 9.0, 1e6, 3.0e38], dtype=torch.float32)
+    q = torch.cat([torch.zeros(1), q, near, big, -q, -near, -big]).to(dev)
     out = torch.empty(q.numel(), dtype=torch.int8, device=dev)
     block = 1024
     _e2m1_check[((q.numel() + block - 1) // block,)](q, out, q.numel(), BLOCK=block)
