@@ -34,17 +34,30 @@ def install_fast_kernels():
 
 
 def build(blocks, device):
+    """Random-weight Llama-3.1-8B shapes in bf16, initialised on the GPU (fast) and, for a CPU
+    model, moved there afterwards."""
     from transformers import LlamaConfig, LlamaForCausalLM
     cfg = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
                       num_hidden_layers=blocks, vocab_size=128256, max_position_embeddings=4096,
                       rope_theta=500000.0, torch_dtype="bfloat16")
-    with torch.device(device):
-        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            model = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(old)
+    if device != "cuda":
+        model = model.to(device)
+        torch.cuda.empty_cache()
     model.eval()
     return model
 
 
-def run(fmt, blocks, seqs, seq_len, offload):
+def run(fmt, blocks, seqs, seq_len, offload, modules_only=False):
+    """offload: model kept on the CPU, blocks moved to the GPU one at a time; with modules_only
+    the calibration activations stay on the GPU (the fast setting when they fit), otherwise they
+    are offloaded too (the smallest GPU footprint)."""
     from fpq_core.config import QuantConfig
     from fpq_core.pipeline import RunOptions, quantize_model
     torch.cuda.reset_peak_memory_stats()
@@ -63,20 +76,21 @@ def run(fmt, blocks, seqs, seq_len, offload):
         last[0] = now
         print(f"  block {i + 1}/{n}: {times[-1]:.1f} s", flush=True)
 
-    opts = RunOptions(device="cuda", cpu_offload_modules=offload, cpu_offload_activations=offload)
+    opts = RunOptions(device="cuda", cpu_offload_modules=offload, cpu_offload_activations=offload and not modules_only)
     res = quantize_model(model, cfg, batches, options=opts, on_block=on_block)
     total = time.perf_counter() - t0
     per_block = sum(times[1:]) / max(1, len(times) - 1) if len(times) > 1 else times[0]
     first_overhead = times[0] - per_block if times else 0.0
     est_full = first_overhead + per_block * FULL_BLOCKS
     peak = torch.cuda.max_memory_allocated()
-    row = {"name": f"mr_gptq/{fmt}/{'offload' if offload else 'gpu'}", "blocks": blocks, "seqs": seqs,
+    mode = ("offload_modules" if modules_only else "offload") if offload else "gpu"
+    row = {"name": f"mr_gptq/{fmt}/{mode}", "blocks": blocks, "seqs": seqs,
            "seq_len": seq_len, "measured_s": total, "per_block_s": per_block,
            "full_model_s": est_full if blocks < FULL_BLOCKS else total,
            "full_model_note": "measured" if blocks >= FULL_BLOCKS else f"measured on {blocks} blocks, extrapolated",
            "peak_gpu_GB": peak / 2**30, "pipeline_peak_GB": (res.peak_gpu_memory_bytes or 0) / 2**30,
            "mean_rel_error": sum(l.rel_error for l in res.layers) / max(1, len(res.layers))}
-    if offload:
+    if offload and not modules_only:
         row["note_70b"] = ("with offload, GPU memory ~ one block + its calibration activations; Llama-70B blocks "
                            "(hidden 8192, inter 28672) hold ~4x the weights of an 8B block and 2x the activations "
                            "per token: expect roughly 2-4x this peak")
@@ -93,12 +107,15 @@ def main(argv=None):
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--offload-blocks", type=int, default=1)
     ap.add_argument("--formats", default="nvfp4,mxfp4")
+    ap.add_argument("--model-on-cpu", action="store_true",
+                    help="keep the model on the CPU (--cpu_offload_modules), calibration activations on the GPU: "
+                         "how a full 8B model runs when weights + activations do not fit the GPU together")
     a = ap.parse_args(argv)
     install_fast_kernels()
     rows: list = []
     fmts = {"nvfp4": "nvfp", "mxfp4": "mxfp"}
     for f in a.formats.split(","):
-        soft(rows, f"e2e/{f}", run, fmts[f], a.blocks, a.seqs, a.seq_len, False)
+        soft(rows, f"e2e/{f}", run, fmts[f], a.blocks, a.seqs, a.seq_len, a.model_on_cpu, a.model_on_cpu)
     if a.offload_blocks > 0:
         soft(rows, "e2e/offload", run, "nvfp", a.offload_blocks, a.seqs, a.seq_len, True)
     payload = {"device": device_info(), "rows": rows}

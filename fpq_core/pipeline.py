@@ -457,7 +457,10 @@ def _quantize_block(bi, block, qlinears, inputs, config: QuantConfig, device, op
             rel = None
         Wf, dqf = W.float(), dq.float()
         rel_mse = float(((dqf - Wf) ** 2).sum() / (Wf ** 2).sum().clamp_min(1e-30))
-        ql.set_quantized(dq, qt)
+        # The export payload (one byte per weight + group scales) lives on the CPU: on a GPU it
+        # would add ~60% of the model's bf16 size by the last block (an 8B model then no longer
+        # fits an 80 GB card next to its calibration activations). The forward uses dq.
+        ql.set_quantized(dq, qt.to("cpu") if W.is_cuda else qt)
         aq = ql.input_path.act_quantizer
         reports.append(LayerReport(
             block=bi, name=name, shape=tuple(W.shape), method="gptq" if config.gptq else "rtn",

@@ -306,6 +306,12 @@ class QuantizedTensor:
     def shape(self) -> torch.Size:
         return self.codes.shape
 
+    def to(self, device) -> "QuantizedTensor":
+        """The same codes and scales on another device (a new object; this one is unchanged)."""
+        mv = lambda t: None if t is None else t.to(device)   # noqa: E731
+        return QuantizedTensor(mv(self.codes), mv(self.scales), mv(self.scale_bytes), mv(self.global_scale),
+                               self.spec, self.dtype)
+
     def dequantize(self) -> torch.Tensor:
         """Fake-quantized tensor, same shape and dtype as the input."""
         s = expand_scales(self.scales, self.codes.shape, self.spec)
