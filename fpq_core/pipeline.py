@@ -182,7 +182,11 @@ def capture_block_inputs(model, adapter, batches, device, offload_to_cpu: bool):
     return store
 
 
+@torch.no_grad()
 def _run_block(block, inputs, device, amp: bool, collect: bool, offload_to_cpu: bool):
+    # no_grad: a model's own parameters usually require grad (from_pretrained leaves them so);
+    # without it every block output would keep its whole autograd graph -- all calibration
+    # activations of the block -- alive, and the fused kernels (which skip grad inputs) unused.
     outs = []
     for hs, kw in inputs:
         with torch.autocast(device_type=device.type, enabled=amp):
@@ -297,6 +301,7 @@ def _load_block_state(qlinears, tensors, config: QuantConfig) -> None:
 
 
 # ----------------------------------------------------------------------------- main entry
+@torch.no_grad()
 def quantize_model(
     model: nn.Module,
     config: QuantConfig,

@@ -183,3 +183,21 @@ def test_reference_post_parse_rules():
     assert (mr.gptq, mr.transform_class, mr.hadamard_group_size, mr.w_observer, mr.quantization_order) == \
         (True, "hadamard", 32, "mse", "activation")
     assert mr.method_name == "MXFP W4A4 MR-GPTQ"
+
+
+def test_no_autograd_graph_kept_for_grad_requiring_parameters():
+    """from_pretrained leaves parameters requiring grad: the pipeline must not record autograd
+    graphs (each block's outputs would pin all of its calibration activations, and the fused GPU
+    kernels skip grad inputs)."""
+    m = tiny("llama")
+    for p in m.parameters():
+        p.requires_grad_(True)              # as from_pretrained leaves them
+    seen = []
+    blocks = get_adapter(m).get_blocks(m)
+    hook = blocks[1].register_forward_pre_hook(lambda mod, args, kwargs: seen.append(
+        (args[0] if args else kwargs["hidden_states"]).requires_grad or torch.is_grad_enabled()), with_kwargs=True)
+    try:
+        quantize_model(m, QuantConfig.preset("mr_gptq", fmt="nvfp"), batches(m, n=2), options=CPU)
+    finally:
+        hook.remove()
+    assert seen and not any(seen)
