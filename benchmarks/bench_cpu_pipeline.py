@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # runnable from a checkout without install
+
 CASES = {
     "rtn_w4a16_mxfp4": dict(method="rtn", fmt="mxfp", a_bits=16, data=False),
     "rtn_w4a4_nvfp4": dict(method="rtn", fmt="nvfp", a_bits=4, data=True),
