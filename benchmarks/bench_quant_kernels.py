@@ -94,9 +94,12 @@ def run_case(label, M, K, fmt, n, copy_bw, n_inputs, with_compile, with_eager):
         g = gs if gs is not None else torch.tensor([1.0], device="cuda")
         f = torch.compile(_torch_simple)
         t0 = time.perf_counter()
-        f(xs[0], S, sc, spec.group_size, fmt == "nvfp4", g)
-        row["compile_s"] = time.perf_counter() - t0
-        row["compile_ms"] = bench_graph(lambda x: f(x, S, sc, spec.group_size, fmt == "nvfp4", g), xs)
+        try:          # torch.compile's own failures must not drop the kernel's row
+            f(xs[0], S, sc, spec.group_size, fmt == "nvfp4", g)
+            row["compile_s"] = time.perf_counter() - t0
+            row["compile_ms"] = bench_graph(lambda x: f(x, S, sc, spec.group_size, fmt == "nvfp4", g), xs)
+        except Exception as e:  # noqa: BLE001
+            row["compile_error"] = f"{type(e).__name__}: {str(e)[:200]}"
     for k in ("eager_ms", "compile_ms"):
         if k in row:
             row["speedup_vs_" + k[:-3]] = row[k] / ms

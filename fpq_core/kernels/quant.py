@@ -154,7 +154,7 @@ def _rotq_tile(tile, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stri
                T: tl.constexpr, G: tl.constexpr, BM: tl.constexpr,
                HAS_ROT: tl.constexpr, DOT_LOWP: tl.constexpr, POST_SCALE: tl.constexpr,
                MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
-               HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, CHECK: tl.constexpr):
+               HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr):
     """One (BM, T) tile: load, rotate, then store / track amax / quantize (see _rotq_kernel)."""
     kk = tl.arange(0, T)
     NG: tl.constexpr = T // G
@@ -191,40 +191,38 @@ def _rotq_tile(tile, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stri
         else:
             s, sbyte = mx_scale(amax)
         sb3 = tl.broadcast_to(s[:, :, None], (BM, NG, G))
-        # q = fl32(y / s), computed without a per-element division where that is provably
-        # the same number (tests/kernels/test_division_shortcuts.py checks both exhaustively):
-        #  * MX, bf16/fp16 input: s = fl32(2^E/3) = 2^E/3 (1 + 2^-25), and y*3*2^-E (<= 13
-        #    significant bits, exact) is within a quarter ulp of y/s, so fl32(y/s) = y*(3*2^-E)
-        #    -- for normal s, i.e. amax >= 2^-124 (all-zero groups give 0 either way);
+        # q = fl32(y / s), computed without a per-element division where that gives the same
+        # E2M1 code (tests/kernels/test_division_shortcuts.py checks each claim exhaustively):
+        #  * MX, bf16/fp16 input: s = fl32(2^E/3) = 2^E/3 (1 + 2^-25) for E >= -124, and
+        #    y*3*2^-E (<= 13 significant bits, exact) is within a quarter ulp of y/s, so
+        #    fl32(y/s) = y*(3*2^-E). For E = -126/-125 the engine's scale is subnormal and off
+        #    by +1.2e-7/-6.0e-8 (relative): y*3*2^-E is then still exact and >= 2^-10 (relative)
+        #    from every E2M1 threshold unless it sits exactly on one, where the engine's quotient
+        #    lies just below/above it; multiplying by (1 -/+ 2^-20) reproduces that side.
         #  * NV, bf16/fp16 input: Markstein's correction with r = RN(1/s) per group,
-        #    q0 = RN(y r), rem = fma(-q0, s, y) (exact), q = fma(rem, r, q0) -- the sequence
-        #    of CUDA's own div.rn fast path, valid away from under/overflow.
+        #    q0 = RN(y r), rem = fma(-q0, s, y) (exact), q = fma(rem, r, q0) -- the sequence of
+        #    CUDA's own div.rn fast path. Exact while nothing that matters under/overflows: with
+        #    the global scale in [2^-40, 2^40] (checked once per program), s is in
+        #    [2^-49, 2^49]; q >= 0.25 then keeps rem normal; an overflowing q0 (q > 2^127) gives
+        #    NaN, which the saturating min() of the E2M1 rounding maps to 6 -- what q is. The sign
+        #    is taken from y, never from q.
         if MX_MUL:
-            slow = 0
-            if CHECK:
-                slow = tl.max(tl.max(((amax > 0.0) & (amax < 2.3509887016445750e-38)).to(tl.int32), axis=1), axis=0)
-            if slow > 0:
-                q = tl.div_rn(y3, sb3)
-            else:
-                e = floor_log2(tl.maximum(amax, 1.1754943508222875e-38))
-                c = pow2i(1 - e) * 1.5                        # 3 * 2^-E, exact
-                q = y3 * tl.broadcast_to(c[:, :, None], (BM, NG, G))
+            e = floor_log2(tl.maximum(amax, 1.1754943508222875e-38))
+            c = pow2i(1 - e) * 1.5                            # 3 * 2^-E, exact
+            c = tl.where(e >= -124, c, tl.where(e == -125, c * 1.00000095367431640625, c * 0.99999904632568359375))
+            q = y3 * tl.broadcast_to(c[:, :, None], (BM, NG, G))
         elif NV_FMA:
-            bad = (s < 7.888609052210118e-31) | (s > 1.2676506002282294e30) | (amax > 1.2676506002282294e30)
-            slow = 0
-            if CHECK:
-                slow = tl.max(tl.max(bad.to(tl.int32), axis=1), axis=0)
-            if slow > 0:
-                q = tl.div_rn(y3, sb3)
-            else:
+            if (g >= 9.094947017729282e-13) & (g <= 1099511627776.0):
                 r = tl.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
                 q = div_markstein(y3, sb3, tl.broadcast_to(r[:, :, None], (BM, NG, G)))
+            else:
+                q = tl.div_rn(y3, sb3)
         else:
             q = tl.div_rn(y3, sb3)
-        qb = q.to(tl.int32, bitcast=True)
+        qb = y3.to(tl.int32, bitcast=True)                    # sign of q = sign of y (s > 0)
         if MODE == 2:
             rr = e2m1_round(tl.abs(q))
-            v = tl.minimum(rr, 6.0).to(tl.int32, bitcast=True) | (qb & -2147483648)   # sign of q
+            v = tl.minimum(rr, 6.0).to(tl.int32, bitcast=True) | (qb & -2147483648)   # sign
             dq = v.to(tl.float32, bitcast=True) * sb3 + 0.0   # + 0.0: zeros as +0.0, as the engine
             dq = tl.reshape(dq, (BM, T))
             if HW_ROUND:
@@ -250,7 +248,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr,
                  HAS_ROT: tl.constexpr, DOT_LOWP: tl.constexpr, POST_SCALE: tl.constexpr,
                  MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
                  HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, STAGES: tl.constexpr,
-                 ITERS_C: tl.constexpr, CHECK: tl.constexpr = True):
+                 ITERS_C: tl.constexpr):
     """Persistent: each program loads the rotation matrix once and walks tiles pid, pid+P, ...
     (row-major over (row block, column tile)). MODE 0 rotated, 1 amax (one value per program),
     2 fake quant, 3 packed codes + scale bytes."""
@@ -273,12 +271,12 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr,
         for it in range(0, ITERS_C):
             run_max = _rotq_tile(pid + it * nprog, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stride_xm, rot_scale,
                                  n_tiles, tiles_k, T, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                 HW_ROUND, MX_MUL, NV_FMA, CHECK)
+                                 HW_ROUND, MX_MUL, NV_FMA)
     else:
         for it in tl.range(0, iters, num_stages=STAGES):
             run_max = _rotq_tile(pid + it * nprog, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stride_xm, rot_scale,
                                  n_tiles, tiles_k, T, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                 HW_ROUND, MX_MUL, NV_FMA, CHECK)
+                                 HW_ROUND, MX_MUL, NV_FMA)
     if MODE == 1:
         tl.store(amax_ptr + pid, tl.max(tl.max(run_max, axis=1), axis=0))
 
@@ -307,9 +305,6 @@ def _const(value: float, device) -> torch.Tensor:
 # Launch defaults from benchmarks/sweep_quant_kernel.py on the H100 (docs/performance.md).
 DEFAULT_LAUNCH = {"block_m": 64, "num_warps": 4, "waves": 16, "stages": 3}
 DEFAULT_STAGES_NV = 4          # NVFP4 (more work per group) prefers one more pipeline stage
-# The per-tile range check that routes tiles with extreme scales to exact divisions. Only the
-# sweep benchmark switches it off, to measure what it costs; results are then not guaranteed.
-_RANGE_CHECK = True
 
 
 def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax=None, gs=None, block_m=None,
@@ -338,7 +333,7 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
         sb if sb is not None else dummy, amax if amax is not None else dummy, gs if gs is not None else dummy,
         M, K, x2.stride(0), float(plan.scale or 1.0), n_tiles, tiles_k, triton.cdiv(n_tiles, nprog),
         T=T, G=G, BM=bm, HAS_ROT=has_rot, DOT_LOWP=lowp, POST_SCALE=plan.scale is not None and not fold,
-        CHECK=_RANGE_CHECK, MODE=mode, IS_BF16=x2.dtype == torch.bfloat16, IS_NV=is_nv, HW_ROUND=not interp,
+        MODE=mode, IS_BF16=x2.dtype == torch.bfloat16, IS_NV=is_nv, HW_ROUND=not interp,
         MX_MUL=small and not is_nv, NV_FMA=small and is_nv and not interp,
         STAGES=None if interp else (stages or (DEFAULT_STAGES_NV if is_nv else DEFAULT_LAUNCH["stages"])), ITERS_C=triton.cdiv(n_tiles, nprog) if interp else 0, num_warps=num_warps or DEFAULT_LAUNCH["num_warps"],
         enable_fp_fusion=False)

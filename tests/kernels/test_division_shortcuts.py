@@ -45,6 +45,23 @@ def test_mx_division_is_a_multiplication(dtype):
     assert checked > 10**6
 
 
+@pytest.mark.parametrize("E, factor", [(-126, 1 - 2.0 ** -20), (-125, 1 + 2.0 ** -20)])
+def test_mx_subnormal_scale_shortcut_gives_the_engines_codes(E, factor):
+    """E = -126/-125 (group amax < 2^-124): the engine's scale is subnormal and y/s is no longer
+    y*3*2^-E, but the kernel's y*(3*2^-E)*(1 -/+ 2^-20) gives the same E2M1 code for every bf16
+    y of such a group, ties included."""
+    from fpq_core.formats.e2m1 import e2m1_index
+    y = _all_positive(torch.bfloat16)
+    y = y[y < 2.0 ** (E + 1)]
+    y = torch.cat([y, -y])
+    s = torch.tensor(2.0 ** E / 3.0, dtype=torch.float64).float()
+    c = torch.tensor(1.5 * 2.0 ** (1 - E), dtype=torch.float32) * torch.tensor(factor, dtype=torch.float32)
+    engine, kernel = e2m1_index(y / s), e2m1_index(y * c)
+    assert torch.equal(engine, kernel)
+    ties = (y * torch.tensor(1.5 * 2.0 ** (1 - E), dtype=torch.float32)).abs()
+    assert bool(torch.isin(ties, torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0])).any())   # ties were tested
+
+
 def test_mx_division_shortcut_needs_normal_scale():
     """Below the kernel's 2^-124 bound the scale is subnormal and the shortcut really differs
     (so the bound is needed, and the test above would catch a wrong one)."""
