@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from benchmarks._common import device_info, soft, write_json  # noqa: E402
 
 
-def one(method, gguf, device, dtype, windows, calib, seq_len):
+def one(method, gguf, device, dtype, windows, calib, seq_len, fast_kernels=None):
     from fpq_core.config import QuantConfig
     from fpq_core.data import get_calibration_data, get_wikitext2_test
     from fpq_core.evaluate import perplexity
@@ -35,7 +35,7 @@ def one(method, gguf, device, dtype, windows, calib, seq_len):
         batches = get_calibration_data("embedded", tok, num_sequences=calib, sequence_length=seq_len)
         name, a_bits = (method[:-6], 16) if method.endswith("_w4a16") else (method, 4)
         cfg = QuantConfig.preset(name, fmt="mxfp", a_bits=a_bits)
-        quantize_model(model, cfg, batches, options=RunOptions(device=device))
+        quantize_model(model, cfg, batches, options=RunOptions(device=device, fast_kernels=fast_kernels))
     tq = time.perf_counter() - t0
     ppl = perplexity(model, ids, sequence_length=seq_len, num_windows=windows, device=device)
     val = float(getattr(ppl, "perplexity", getattr(ppl, "ppl", ppl)))
@@ -64,7 +64,11 @@ def main(argv=None):
     ap.add_argument("--tol", type=float, default=0.01, help="float32 GPU vs float32 CPU")
     ap.add_argument("--tol-bf16", type=float, default=0.03, help="bfloat16 GPU vs float32 CPU")
     ap.add_argument("--fast-kernels", action="store_true", help="patch the pipeline with the Triton kernels")
+    ap.add_argument("--compare-paths", action="store_true",
+                    help="only: GPU float32 with the Triton kernels vs the torch (engine) path, same GPU")
     a = ap.parse_args(argv)
+    if a.compare_paths:
+        return compare_paths(a)
     if a.fast_kernels:
         from benchmarks.bench_e2e import install_fast_kernels
         install_fast_kernels()
@@ -92,6 +96,24 @@ def main(argv=None):
             print(r, flush=True)
     payload = {"device": device_info(), "tol": a.tol, "tol_bf16": a.tol_bf16, "rows": rows}
     write_json(a.out, "bench_smollm2_gpu", payload)
+    return payload
+
+
+def compare_paths(a):
+    """Is a GPU-vs-CPU difference the kernels' doing or float noise? Same GPU, float32, the
+    pipeline with fast_kernels on and off: perplexity of each and the share of identical codes."""
+    rows = []
+    for m in ("rtn", "mr_gptq"):
+        on = one(m, a.gguf, "cuda", torch.float32, a.windows, a.calib, a.seq_len, fast_kernels=True)
+        off = one(m, a.gguf, "cuda", torch.float32, a.windows, a.calib, a.seq_len, fast_kernels=False)
+        r = {"method": m, "ppl_kernels": on["ppl"], "ppl_torch_path": off["ppl"],
+             "rel_diff": abs(on["ppl"] - off["ppl"]) / off["ppl"],
+             "code_agreement": code_agreement(on["_codes"], off["_codes"]),
+             "quantize_s_kernels": on["quantize_s"], "quantize_s_torch_path": off["quantize_s"]}
+        print(r, flush=True)
+        rows.append(r)
+    payload = {"device": device_info(), "rows": rows}
+    write_json(a.out, "smollm2_gpu_kernels_vs_torch_path", payload)
     return payload
 
 
