@@ -304,7 +304,7 @@ def _const(value: float, device) -> torch.Tensor:
 
 # Launch defaults from benchmarks/sweep_quant_kernel.py on the H100 (docs/performance.md).
 DEFAULT_LAUNCH = {"block_m": 64, "num_warps": 4, "waves": 16, "stages": 3}
-DEFAULT_STAGES_NV = 4          # NVFP4 (more work per group) prefers one more pipeline stage
+DEFAULT_WARPS_NV = 8           # NVFP4 (more work per 16-element group) prefers 8 warps
 
 
 def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax=None, gs=None, block_m=None,
@@ -335,7 +335,7 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
         T=T, G=G, BM=bm, HAS_ROT=has_rot, DOT_LOWP=lowp, POST_SCALE=plan.scale is not None and not fold,
         MODE=mode, IS_BF16=x2.dtype == torch.bfloat16, IS_NV=is_nv, HW_ROUND=not interp,
         MX_MUL=small and not is_nv, NV_FMA=small and is_nv and not interp,
-        STAGES=None if interp else (stages or (DEFAULT_STAGES_NV if is_nv else DEFAULT_LAUNCH["stages"])), ITERS_C=triton.cdiv(n_tiles, nprog) if interp else 0, num_warps=num_warps or DEFAULT_LAUNCH["num_warps"],
+        STAGES=None if interp else (stages or DEFAULT_LAUNCH["stages"]), ITERS_C=triton.cdiv(n_tiles, nprog) if interp else 0, num_warps=num_warps or (DEFAULT_WARPS_NV if is_nv else DEFAULT_LAUNCH["num_warps"]),
         enable_fp_fusion=False)
     return nprog
 
