@@ -24,10 +24,9 @@ def device_info() -> dict:
     return d
 
 
-def bench(fn, inputs: list, warmup_ms: int = 25, rep_ms: int = 100) -> float:
-    """Median milliseconds per call, rotating among several input sets (defeats the L2 cache)."""
-    import triton.testing
-
+def _rotating(fn, inputs: list):
+    """A no-argument call of fn that takes the next of several input sets each time (defeats the
+    L2 cache); a tuple is unpacked into arguments."""
     state = {"i": 0}
 
     def run():
@@ -35,19 +34,20 @@ def bench(fn, inputs: list, warmup_ms: int = 25, rep_ms: int = 100) -> float:
         state["i"] += 1
         fn(*a) if isinstance(a, tuple) else fn(a)
 
-    return float(triton.testing.do_bench(run, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+    return run
+
+
+def bench(fn, inputs: list, warmup_ms: int = 25, rep_ms: int = 100) -> float:
+    """Median milliseconds per call, rotating among several input sets (defeats the L2 cache)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(_rotating(fn, inputs), warmup=warmup_ms, rep=rep_ms, return_mode="median"))
 
 
 def bench_graph(fn, inputs: list, rep: int = 20) -> float:
     """Median milliseconds per call of fn from a CUDA graph that replays ``rep`` calls (rotating
     among the inputs): device time only, without the Python/launch overhead of each call."""
-    state = {"i": 0}
-
-    def run():
-        a = inputs[state["i"] % len(inputs)]
-        state["i"] += 1
-        fn(*a) if isinstance(a, tuple) else fn(a)
-
+    run = _rotating(fn, inputs)
     for _ in range(3):                       # compile + warm up outside the capture
         run()
     torch.cuda.synchronize()
@@ -106,14 +106,6 @@ def copy_baselines(nbytes: int = 1 << 30) -> dict:
     out["best"] = max(out.values())
     del src, dst
     return out
-
-
-def copy_bandwidth(nbytes: int) -> float:
-    """Device-to-device copy bandwidth (bytes read + written per second) for a buffer of nbytes."""
-    src = [torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda").normal_() for _ in range(2)]
-    dst = torch.empty_like(src[0])
-    ms = bench(lambda s: dst.copy_(s), src)
-    return 2 * nbytes / (ms * 1e-3)
 
 
 def soft(results: list, name: str, fn, *a, **kw):

@@ -163,15 +163,6 @@ def e2m1_round(m):
 
 
 @triton.jit
-def e2m1_index(r):
-    """3-bit E2M1 magnitude index of r from :func:`e2m1_round` (values >= 6 saturate to 7):
-    min(r + 2, 7) is exact and lands on {2, 2.5, 3, 3.5, 4, 5, 6, 7}, whose top two mantissa bits
-    and lowest exponent bit spell the index."""
-    t = tl.minimum(r + 2.0, 7.0)
-    return (t.to(tl.int32, bitcast=True) >> 21) & 7
-
-
-@triton.jit
 def div_markstein(y, s, r):
     """fl32(y / s) given r = RN(1/s) (one division per group instead of one per element):
     q0 = RN(y r); rem = fma(-q0, s, y) is exact; q = RN(q0 + rem r) is the correctly rounded

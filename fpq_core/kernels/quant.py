@@ -309,7 +309,8 @@ DEFAULT_WARPS_NV = 8           # NVFP4 (more work per 16-element group) prefers 
 
 def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax=None, gs=None, block_m=None,
             num_warps: int | None = None, waves: int | None = None, stages: int | None = None):
-    """Returns the number of programs (MODE 1 writes one partial amax per program)."""
+    """Launch the persistent kernel. MODE 1 returns its partial maxima (one per program, in a
+    buffer allocated here); the other modes write into the given outputs and return None."""
     M, K = x2.shape
     T, G = plan.tile, spec.group_size
     bm = block_m or DEFAULT_LAUNCH["block_m"]
@@ -325,8 +326,8 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
     mat = plan.on(x2.device, x2.dtype if lowp else torch.float32, folded=fold) if has_rot else x2
     small = x2.dtype in (torch.bfloat16, torch.float16)
     is_nv = spec.scale_precision == "e4m3" if spec is not None else False
-    if mode == 1 and amax is None:
-        raise ValueError("amax buffer missing")
+    if mode == 1:
+        amax = torch.empty(nprog, dtype=torch.float32, device=x2.device)
     dummy = x2
     _rotq_kernel[(nprog,)](
         x2, mat, out if out is not None else dummy, pk if pk is not None else dummy,
@@ -337,7 +338,7 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
         MX_MUL=small and not is_nv, NV_FMA=small and is_nv and not interp,
         STAGES=None if interp else (stages or DEFAULT_LAUNCH["stages"]), ITERS_C=triton.cdiv(n_tiles, nprog) if interp else 0, num_warps=num_warps or (DEFAULT_WARPS_NV if is_nv else DEFAULT_LAUNCH["num_warps"]),
         enable_fp_fusion=False)
-    return nprog
+    return amax if mode == 1 else None
 
 
 def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: str = "fake",
@@ -370,12 +371,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
         _launch(x2, plan, spec, 0, out=out, **launch)
         return out.reshape(x.shape)
     if output == "amax" or (spec.scale_precision == "e4m3" and global_scale is None):
-        bm = block_m or DEFAULT_LAUNCH["block_m"]
-        most = max(1, min(triton.cdiv(M, bm) * (K // plan.tile),
-                          _sm_count(x2.device) * (waves or DEFAULT_LAUNCH["waves"])))
-        part = torch.empty(most, dtype=torch.float32, device=x.device)
-        n = _launch(x2, plan, spec, 1, amax=part, **launch)
-        amax = part[:n].amax().reshape(1)
+        amax = _launch(x2, plan, spec, 1, **launch).amax().reshape(1)
         if output == "amax":
             return amax
         gs = global_encode_scale(amax, spec)          # fl32(2688/amax), 1 for an all-zero tensor
