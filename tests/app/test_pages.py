@@ -1,29 +1,19 @@
 """AppTest smoke tests of the entry point and the format playground page."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
+from ._apptest import metric as _metric  # noqa: E402
+from ._apptest import run_page  # noqa: E402
+
 TIMEOUT = 60
 
 
 def _run(path: str) -> AppTest:
-    at = AppTest.from_file(str(REPO / path), default_timeout=TIMEOUT)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def _metric(at: AppTest, label: str) -> str:
-    for m in at.metric:
-        if m.label == label:
-            return m.value
-    raise AssertionError(f"metric {label!r} missing; have {[m.label for m in at.metric]}")
+    return run_page(path, TIMEOUT)
 
 
 def _small(at: AppTest) -> AppTest:

@@ -2,8 +2,6 @@
 including real background jobs: quantize (RTN + a bf16 baseline), evaluate (perplexity), export."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("streamlit")
@@ -11,7 +9,10 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from fpq_core import jobs as J  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
+from ._apptest import metric as _metric  # noqa: E402
+from ._apptest import ok as _ok  # noqa: E402
+from ._apptest import run_page  # noqa: E402
+
 TIMEOUT = 120
 JOB_TIMEOUT = 240
 
@@ -26,22 +27,8 @@ def studio(tmp_path_factory):
         yield J.Registry(home)
 
 
-def _ok(at: AppTest) -> AppTest:
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
 def _run(path: str) -> AppTest:
-    at = AppTest.from_file(str(REPO / path), default_timeout=TIMEOUT)
-    at.run()
-    return _ok(at)
-
-
-def _metric(at: AppTest, label: str) -> str:
-    for m in at.metric:
-        if m.label == label:
-            return m.value
-    raise AssertionError(f"metric {label!r} missing; have {[m.label for m in at.metric]}")
+    return run_page(path, TIMEOUT)
 
 
 def _submit(at: AppTest) -> AppTest:
