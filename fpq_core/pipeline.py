@@ -182,11 +182,7 @@ def capture_block_inputs(model, adapter, batches, device, offload_to_cpu: bool):
     return store
 
 
-@torch.no_grad()
 def _run_block(block, inputs, device, amp: bool, collect: bool, offload_to_cpu: bool):
-    # no_grad: a model's own parameters usually require grad (from_pretrained leaves them so);
-    # without it every block output would keep its whole autograd graph -- all calibration
-    # activations of the block -- alive, and the fused kernels (which skip grad inputs) unused.
     outs = []
     for hs, kw in inputs:
         with torch.autocast(device_type=device.type, enabled=amp):
@@ -301,6 +297,9 @@ def _load_block_state(qlinears, tensors, config: QuantConfig) -> None:
 
 
 # ----------------------------------------------------------------------------- main entry
+# no_grad: a model's own parameters usually require grad (from_pretrained leaves them so); without
+# it every block output would keep its whole autograd graph -- all calibration activations of the
+# block -- alive, and the fused kernels (which skip grad inputs) would go unused.
 @torch.no_grad()
 def quantize_model(
     model: nn.Module,
@@ -462,9 +461,9 @@ def _quantize_block(bi, block, qlinears, inputs, config: QuantConfig, device, op
             rel = None
         Wf, dqf = W.float(), dq.float()
         rel_mse = float(((dqf - Wf) ** 2).sum() / (Wf ** 2).sum().clamp_min(1e-30))
-        # The export payload (one byte per weight + group scales) lives on the CPU: on a GPU it
-        # would add ~60% of the model's bf16 size by the last block (an 8B model then no longer
-        # fits an 80 GB card next to its calibration activations). The forward uses dq.
+        # The export payload (one byte per weight + group scales) lives on the CPU, where the
+        # export reads it: kept on a GPU it would grow to ~60% of the model's bf16 size by the
+        # last block. The forward uses dq.
         ql.set_quantized(dq, qt.to("cpu") if W.is_cuda else qt)
         aq = ql.input_path.act_quantizer
         reports.append(LayerReport(

@@ -167,7 +167,7 @@ def div_markstein(y, s, r):
     """fl32(y / s) given r = RN(1/s) (one division per group instead of one per element):
     q0 = RN(y r); rem = fma(-q0, s, y) is exact; q = RN(q0 + rem r) is the correctly rounded
     quotient (Markstein's correction, the sequence of CUDA's div.rn fast path). Valid when nothing
-    under- or overflows; the caller routes such tiles to ``tl.div_rn``. Needs a real FMA: not for
+    that matters under- or overflows (the quant kernel's conditions are in its comment). Needs a real FMA: not for
     Triton's CPU interpreter, whose fma rounds twice. Checked exhaustively over all bf16 and fp16
     mantissas against every float32 divisor mantissa in tests/kernels/test_division_shortcuts.py."""
     q0 = y * r
