@@ -176,13 +176,28 @@ def div_markstein(y, s, r):
 
 
 @triton.jit
-def e2m1_index_direct(m):
-    """The 3-bit E2M1 index of RNE(m) for non-negative float32 m (saturating), without forming
-    the rounded value: with c as in :func:`e2m1_round`, m + c (one rounding) holds the multiple k
-    of the binade's ulp in its low mantissa bits, and the index is k + 2*(e - 127), capped at 7.
-    m is capped at 8 first so that m + c stays in c's binade."""
-    m = tl.minimum(m, 8.0)
-    eb = tl.minimum(tl.maximum(m.to(tl.int32, bitcast=True) >> 23, 127), 129)
-    t = m + ((eb + 22) << 23).to(tl.float32, bitcast=True)
-    k = t.to(tl.int32, bitcast=True) & 0x7FFFFF
-    return tl.minimum(k + 2 * eb - 254, 7)
+def e2m1_code(q, y, SAT: tl.constexpr):
+    """The 4-bit code the reference packer stores for q = fl32(y / s), s > 0: the E2M1 index of
+    RNE(|q|) (ties to even code, saturating at 6), | 8 when y is negative or q rounds to zero
+    (zeros are stored as 0x8). Same codes as the threshold ladder of :func:`e2m1`.
+
+    With eb = max(exponent bits of |q|, 127) (the binade, [0, 1) counted with [1, 2)), adding
+    c = 2^(eb - 105) + 2 ulp(c) rounds |q| to the binade's E2M1 spacing in one float32 rounding
+    (RNE on the mantissa k + 2, whose parity is k's), so t's low mantissa bits hold k + 2 where
+    k is the multiple of the spacing; the index k + 2 (eb - 127) is then (bits(t) + 2 eb) & 7
+    (the exponent field of t and the offset 256 vanish mod 8). Needs |q| < 8 (eb <= 129):
+    ``SAT`` caps |q| at 6 first (and maps a NaN quotient to 6; the sign comes from y); without
+    it the caller guarantees |q| < 7 and q not NaN, and q <= 0.25 alone gives "negative or
+    rounds to zero" (q has y's sign)."""
+    m = tl.abs(q)
+    if SAT:
+        m = tl.minimum(m, 6.0)
+        # m with y's sign: <= 0.25 exactly when y is negative or q rounds to zero
+        ms = (m.to(tl.int32, bitcast=True) | (y.to(tl.int32, bitcast=True) & -2147483648)).to(tl.float32, bitcast=True)
+        small = ms <= 0.25
+    else:
+        small = q <= 0.25
+    cb = (tl.maximum(m, 1.0).to(tl.int32, bitcast=True) & 0x7F800000) + 184549382
+    t = m + cb.to(tl.float32, bitcast=True)
+    idx = (t.to(tl.int32, bitcast=True) + (cb >> 22)) & 7
+    return idx | tl.where(small, 8, 0)

@@ -36,7 +36,7 @@ import triton.language as tl
 from fpq_core.formats.quantize import global_encode_scale, quantize
 from fpq_core.formats.spec import QuantSpec
 
-from ._common import div_markstein, e2m1_index_direct, e2m1_round, floor_log2, mx_scale, nv_scale, pow2i, round_to_dtype
+from ._common import div_markstein, e2m1_code, e2m1_round, floor_log2, mx_scale, nv_scale, pow2i, round_to_dtype
 
 __all__ = ["rotate_quantize", "rotate_quantize_twin", "rotate_twin", "check_supported", "RotationPlan",
            "make_plan"]
@@ -75,12 +75,28 @@ class RotationPlan:
         self.foldable = scale is not None and math.frexp(scale)[0] == 0.5
         self._cache: dict = {}
 
-    def on(self, device, dtype, folded: bool = False) -> torch.Tensor:
-        k = (str(device), dtype, folded)
+    def on(self, device, dtype, folded: bool = False, permuted: bool = False) -> torch.Tensor:
+        """The matrix on ``device``; ``permuted``: columns in the order of :func:`mma_column_order`."""
+        k = (str(device), dtype, folded, permuted)
         if k not in self._cache:
             m = self.matrix * self.scale if folded else self.matrix
+            if permuted:
+                m = m[:, mma_column_order(self.tile)]
             self._cache[k] = m.to(device=device, dtype=dtype).contiguous()
         return self._cache[k]
+
+
+def mma_column_order(T: int) -> torch.Tensor:
+    """Column j = 8c + 2l + b of the permuted matrix is column l*T/4 + 2c + b of the original.
+
+    The matrix units' accumulator gives lane l (of 4 in a row quad) the columns 8c + 2l + b; with
+    the matrix's columns in this order those are the original columns [l*T/4, (l+1)*T/4), so each
+    thread holds T/4 contiguous columns of a row: a group of up to T/4 is reduced inside one
+    thread and its packed codes are one contiguous store. The kernel undoes the order on the
+    logical tensor (a reshape + permute that moves no data), so results do not depend on it."""
+    j = torch.arange(T)
+    c, lb = j // 8, j % 8
+    return (lb // 2) * (T // 4) + 2 * c + lb % 2
 
 
 def _hadamard_like(transform) -> bool:
@@ -154,7 +170,8 @@ def _rotq_tile(tile, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stri
                T: tl.constexpr, G: tl.constexpr, BM: tl.constexpr,
                HAS_ROT: tl.constexpr, DOT_LOWP: tl.constexpr, POST_SCALE: tl.constexpr,
                MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
-               HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr):
+               HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
+               ROWP: tl.constexpr, NW: tl.constexpr):
     """One (BM, T) tile: load, rotate, then store / track amax / quantize (see _rotq_kernel)."""
     kk = tl.arange(0, T)
     NG: tl.constexpr = T // G
@@ -169,6 +186,8 @@ def _rotq_tile(tile, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stri
             y = tl.dot(x, mat, out_dtype=tl.float32)
         else:
             y = tl.dot(x.to(tl.float32), mat, input_precision="ieee", out_dtype=tl.float32)
+        if PERM:    # mat's columns are in mma_column_order: back to column order (no data moves)
+            y = tl.reshape(tl.permute(tl.reshape(y, (BM, T // 8, 4, 2)), (0, 2, 1, 3)), (BM, T))
         if POST_SCALE:
             y = y * rot_scale
         # rounded to the input dtype, as the transforms do (the hardware cast rounds to nearest
@@ -179,8 +198,19 @@ def _rotq_tile(tile, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stri
             y = round_to_dtype(y, IS_BF16).to(x_ptr.dtype.element_ty).to(tl.float32)
     else:
         y = x.to(tl.float32)
+    if ROWP:
+        # Relabel the tile's rows (a logical reshape + permute, no data moves) so that the rows each
+        # warp holds after the matrix units are the rows the stores' coalesced layout gives it:
+        # row 16w + 8h + t of warp w (of NW) becomes row 8w + 8NW h + t, per 16NW-row slab. The
+        # stores then need no round trip through shared memory; they write row srows[i].
+        RS: tl.constexpr = BM // (16 * NW)
+        y = tl.reshape(tl.permute(tl.reshape(y, (RS, NW, 2, 8, T)), (0, 2, 1, 3, 4)), (BM, T))
+        srows = pid_m * BM + tl.reshape(tl.permute(tl.reshape(tl.arange(0, BM), (RS, NW, 2, 8)), (0, 2, 1, 3)), (BM,))
+        rmask = (srows[:, None] < M) & (tile < n_tiles)
+    else:
+        srows = rows
     if MODE == 0:
-        tl.store(out_ptr + rows[:, None] * K + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=rmask)
+        tl.store(out_ptr + srows[:, None] * K + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=rmask)
     elif MODE == 1:
         run_max = tl.maximum(run_max, tl.abs(y))
     else:
@@ -229,15 +259,14 @@ def _rotq_tile(tile, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stri
                 dq = dq.to(out_ptr.dtype.element_ty)
             else:
                 dq = round_to_dtype(dq, IS_BF16).to(out_ptr.dtype.element_ty)
-            tl.store(out_ptr + rows[:, None] * K + cols[None, :], dq, mask=rmask)
+            tl.store(out_ptr + srows[:, None] * K + cols[None, :], dq, mask=rmask)
         else:
-            idx = e2m1_index_direct(tl.abs(q))
-            code = tl.where(idx == 0, 8, idx | ((qb >> 28) & 8))   # zeros stored as 0x8 (reference packer)
+            code = e2m1_code(q, y3, IS_NV)     # MX: |q| < 6 (1 + 2^-20), no saturation needed
             lo, hi = tl.split(tl.reshape(code, (BM, T // 2, 2)))
             pcols = pid_k * (T // 2) + tl.arange(0, T // 2)
-            tl.store(pk_ptr + rows[:, None] * (K // 2) + pcols[None, :], (lo | (hi << 4)).to(tl.uint8), mask=rmask)
+            tl.store(pk_ptr + srows[:, None] * (K // 2) + pcols[None, :], (lo | (hi << 4)).to(tl.uint8), mask=rmask)
             gcols = pid_k * NG + tl.arange(0, NG)
-            tl.store(sb_ptr + rows[:, None] * (K // G) + gcols[None, :], sbyte, mask=rmask)
+            tl.store(sb_ptr + srows[:, None] * (K // G) + gcols[None, :], sbyte, mask=rmask)
     return run_max
 
 
@@ -247,7 +276,8 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr,
                  T: tl.constexpr, G: tl.constexpr, BM: tl.constexpr,
                  HAS_ROT: tl.constexpr, DOT_LOWP: tl.constexpr, POST_SCALE: tl.constexpr,
                  MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
-                 HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, STAGES: tl.constexpr,
+                 HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
+                 ROWP: tl.constexpr, NW: tl.constexpr, STAGES: tl.constexpr,
                  ITERS_C: tl.constexpr):
     """Persistent: each program loads the rotation matrix once and walks tiles pid, pid+P, ...
     (row-major over (row block, column tile)). MODE 0 rotated, 1 amax (one value per program),
@@ -271,12 +301,12 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr,
         for it in range(0, ITERS_C):
             run_max = _rotq_tile(pid + it * nprog, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stride_xm, rot_scale,
                                  n_tiles, tiles_k, T, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                 HW_ROUND, MX_MUL, NV_FMA)
+                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW)
     else:
         for it in tl.range(0, iters, num_stages=STAGES):
             run_max = _rotq_tile(pid + it * nprog, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stride_xm, rot_scale,
                                  n_tiles, tiles_k, T, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                 HW_ROUND, MX_MUL, NV_FMA)
+                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW)
     if MODE == 1:
         tl.store(amax_ptr + pid, tl.max(tl.max(run_max, axis=1), axis=0))
 
@@ -304,11 +334,11 @@ def _const(value: float, device) -> torch.Tensor:
 
 # Launch defaults from benchmarks/sweep_quant_kernel.py on the H100 (docs/performance.md).
 DEFAULT_LAUNCH = {"block_m": 64, "num_warps": 4, "waves": 16, "stages": 3}
-DEFAULT_WARPS_NV = 8           # NVFP4 (more work per 16-element group) prefers 8 warps
 
 
 def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax=None, gs=None, block_m=None,
-            num_warps: int | None = None, waves: int | None = None, stages: int | None = None):
+            num_warps: int | None = None, waves: int | None = None, stages: int | None = None,
+            mma_order: bool | None = None):
     """Launch the persistent kernel. MODE 1 returns its partial maxima (one per program, in a
     buffer allocated here); the other modes write into the given outputs and return None."""
     M, K = x2.shape
@@ -323,9 +353,14 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
     # bf16 operands of tl.dot as raw integers, so there the tile is upcast first (same products).
     lowp = has_rot and plan.scale is not None and x2.dtype in (torch.bfloat16, torch.float16) and not interp
     fold = plan.foldable
-    mat = plan.on(x2.device, x2.dtype if lowp else torch.float32, folded=fold) if has_rot else x2
+    perm = has_rot and T % 8 == 0 and (lowp or interp)     # (the interpreter: to test the order)
+    if mma_order is not None:                                 # benchmarks: the order on/off
+        perm = perm and mma_order
+    mat = plan.on(x2.device, x2.dtype if lowp else torch.float32, folded=fold, permuted=perm) if has_rot else x2
     small = x2.dtype in (torch.bfloat16, torch.float16)
     is_nv = spec.scale_precision == "e4m3" if spec is not None else False
+    nw = num_warps or DEFAULT_LAUNCH["num_warps"]
+    rowp = perm and bm % (16 * nw) == 0
     if mode == 1:
         amax = torch.empty(nprog, dtype=torch.float32, device=x2.device)
     dummy = x2
@@ -334,22 +369,24 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
         sb if sb is not None else dummy, amax if amax is not None else dummy, gs if gs is not None else dummy,
         M, K, x2.stride(0), float(plan.scale or 1.0), n_tiles, tiles_k, triton.cdiv(n_tiles, nprog),
         T=T, G=G, BM=bm, HAS_ROT=has_rot, DOT_LOWP=lowp, POST_SCALE=plan.scale is not None and not fold,
-        MODE=mode, IS_BF16=x2.dtype == torch.bfloat16, IS_NV=is_nv, HW_ROUND=not interp,
+        MODE=mode, IS_BF16=x2.dtype == torch.bfloat16, IS_NV=is_nv, HW_ROUND=not interp, PERM=perm, ROWP=rowp, NW=nw,
         MX_MUL=small and not is_nv, NV_FMA=small and is_nv and not interp,
-        STAGES=None if interp else (stages or DEFAULT_LAUNCH["stages"]), ITERS_C=triton.cdiv(n_tiles, nprog) if interp else 0, num_warps=num_warps or (DEFAULT_WARPS_NV if is_nv else DEFAULT_LAUNCH["num_warps"]),
+        STAGES=None if interp else (stages or DEFAULT_LAUNCH["stages"]), ITERS_C=triton.cdiv(n_tiles, nprog) if interp else 0, num_warps=nw,
         enable_fp_fusion=False)
     return amax if mode == 1 else None
 
 
 def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: str = "fake",
                     global_scale=None, plan: RotationPlan | None = None, block_m: int | None = None,
-                    num_warps: int | None = None, waves: int | None = None, stages: int | None = None):
+                    num_warps: int | None = None, waves: int | None = None, stages: int | None = None,
+                    mma_order: bool | None = None):
     """Fused rotation + FP4 quantization; see the module docstring. ``global_scale`` (NVFP4):
     the fp32 encode scale to use; None computes it from the rotated input (an extra amax pass).
     A float or CPU tensor is checked here (finite, > 0); a CUDA tensor is used as is, without a
     host synchronisation (the engine's global scales are finite and positive by construction).
     ``block_m``/``num_warps``/``waves``/``stages``: launch overrides (rows per tile, warps,
-    programs per SM, pipeline depth); defaults in ``DEFAULT_LAUNCH``."""
+    programs per SM, pipeline depth); defaults in ``DEFAULT_LAUNCH``. ``mma_order=False`` turns the
+    matrix-column order of :func:`mma_column_order` off (same results; for benchmarks)."""
     if output not in _OUTPUTS:
         raise ValueError(f"output must be one of {list(_OUTPUTS)}, got {output!r}")
     if output in ("fake", "packed"):
@@ -365,7 +402,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     M = x2.shape[0]
-    launch = dict(block_m=block_m, num_warps=num_warps, waves=waves, stages=stages)
+    launch = dict(block_m=block_m, num_warps=num_warps, waves=waves, stages=stages, mma_order=mma_order)
     if output == "rotated":
         out = torch.empty_like(x2)
         _launch(x2, plan, spec, 0, out=out, **launch)

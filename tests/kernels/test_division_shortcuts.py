@@ -77,7 +77,7 @@ try:
     import triton
     import triton.language as tl
 
-    from fpq_core.kernels._common import div6_f64, div_markstein, e2m1, e2m1_index_direct, e2m1_round
+    from fpq_core.kernels._common import div6_f64, div_markstein, e2m1, e2m1_code, e2m1_round
 except ImportError:      # CPU-only install: the two Triton tests below skip
     triton = None
 
@@ -111,8 +111,18 @@ if triton is not None:
         q = tl.load(q_ptr + offs, mask=m, other=0.0)
         val, code = e2m1(q)
         rr = e2m1_round(tl.abs(q))
-        ok = (tl.minimum(rr, 6.0) == tl.abs(val)) & (e2m1_index_direct(tl.abs(q)) == (code & 7))
+        packed = tl.where((code & 7) == 0, 8, code)          # what the reference packer stores
+        ok = (tl.minimum(rr, 6.0) == tl.abs(val)) & (e2m1_code(q, q, True) == packed)
+        # without saturation: the kernel guarantees |q| < 7 (MX) -- checked there only
+        ok = ok & ((tl.abs(q) >= 7.0) | (e2m1_code(q, q, False) == packed))
         tl.store(out_ptr + offs, ok.to(tl.int8), mask=m)
+
+    @triton.jit
+    def _e2m1_nan_check(y_ptr, out_ptr, BLOCK: tl.constexpr):
+        # NVFP4's overflowing quotient is NaN: saturates to 6 with y's sign
+        y = tl.load(y_ptr + tl.arange(0, BLOCK))
+        q = tl.full((BLOCK,), float("nan"), tl.float32)
+        tl.store(out_ptr + tl.arange(0, BLOCK), e2m1_code(q, y, True))
 
 
 @pytest.mark.gpu
@@ -153,6 +163,8 @@ def test_mx_scale_without_float64_division():
 
 @pytest.mark.gpu
 def test_e2m1_magic_rounding_equals_ladder(dev):
+    """e2m1_round and the packed code e2m1_code (with and without saturation) against the
+    threshold ladder e2m1, zeros stored as 0x8."""
     # every bf16 value in [0, 16) plus each threshold and its float32 neighbours
     q = _all_positive(torch.bfloat16)
     q = q[q < 16.0]
@@ -162,8 +174,19 @@ def test_e2m1_magic_rounding_equals_ladder(dev):
         dense = torch.arange(0, 1 << 24, dtype=torch.float32) * (8.0 / (1 << 24))   # a 2^-21 grid over [0, 8)
         near = torch.cat([near, dense])
     big = torch.tensor([7.0, 7.99, 8.0, 9.0, 1e6, 3.0e38], dtype=torch.float32)
-    q = torch.cat([torch.zeros(1), q, near, big, -q, -near, -big]).to(dev)
+    q = torch.cat([torch.zeros(1), torch.tensor([-0.0]), q, near, big, -q, -near, -big]).to(dev)
     out = torch.empty(q.numel(), dtype=torch.int8, device=dev)
     block = 1024
     _e2m1_check[((q.numel() + block - 1) // block,)](q, out, q.numel(), BLOCK=block)
     assert bool(out.bool().all()), q[~out.bool()][:8].tolist()
+
+
+@pytest.mark.gpu
+def test_e2m1_code_of_a_nan_quotient_saturates_with_the_inputs_sign(dev):
+    if kernel_device() != "cuda":
+        pytest.skip("GPU min() returns the non-NaN operand (numpy's, in the interpreter, does not); "
+                    "the NaN quotient only arises on the GPU-only Markstein path")
+    y = torch.tensor([3.0e38, -3.0e38, 1.0, -1.0], device=dev)
+    out = torch.empty(4, dtype=torch.int32, device=dev)
+    _e2m1_nan_check[(1,)](y, out, BLOCK=4)
+    assert out.tolist() == [7, 15, 7, 15]
