@@ -383,20 +383,13 @@ def scale_distribution(model, spec, transform: str | None = None, transform_size
 
 
 def classify_config(config: Mapping[str, Any]) -> tuple[str, str | None, int | None]:
-    """(method, format, a_bits) of a QuantConfig dict: method in bf16 | rtn | rtn_had | gptq |
-    mr_gptq | other (e.g. GPTQ + Hadamard with min-max scales)."""
-    if config.get("w_bits", 16) >= 16 and config.get("a_bits", 16) >= 16:
-        return "bf16", None, None
-    had = config.get("transform_class", "identity") != "identity"
-    if not config.get("gptq"):
-        method = "rtn_had" if had else "rtn"
-    elif not had:
-        method = "gptq"
-    elif config.get("w_observer") == "mse" and config.get("quantization_order") == "activation":
-        method = "mr_gptq"
-    else:
-        method = "other"
-    return method, config.get("format"), int(config.get("a_bits", 16))
+    """(method, format, a_bits) of a QuantConfig dict -- one rule for the whole product: this is
+    :func:`fpq_core.paper.classify` (a Table-1 method only for the paper's exact recipes; e.g. a
+    non-Hadamard rotation, GPTQ with activation order but no rotation, or GPTQ + Hadamard with
+    min-max scales are "other" and stay out of the Table-1 grid)."""
+    from fpq_core.paper import classify
+
+    return classify(dict(config))
 
 
 def grid_rows_from_runs(runs: list[dict]) -> list[dict]:

@@ -5,7 +5,8 @@ Promise and Performance for Microscaling FP4 Quantization", arXiv 2509.23202):
 §1.1 = paper Table 1 (W4A4, emulated), §1.2 = paper Table 2 (W4A16), §4.2/§4.3 = third-party
 WikiText perplexities (torchao, vLLM PR). The paper itself reports no perplexities.
 
-Method keys match ``fpq_core.figures.classify_config``: rtn, rtn_had, gptq, mr_gptq.
+Method keys (rtn, rtn_had, gptq, mr_gptq) come from :func:`classify`, which ``fpq_core.figures``
+uses too (one rule for the tables and the figures).
 """
 from __future__ import annotations
 

@@ -140,6 +140,13 @@ def test_classify_config():
                 assert F.classify_config(QuantConfig.preset(m, fmt=fmt, a_bits=ab).to_dict()) == (m, fmt, ab)
     other = QuantConfig.preset("gptq", fmt="mxfp", transform_class="hadamard", hadamard_group_size=32)
     assert F.classify_config(other.to_dict())[0] == "other"
+    # the cases where the figures once had a looser rule than fpq_core.paper: now one rule
+    from fpq_core import paper as P
+    act_order = QuantConfig.preset("gptq", fmt="mxfp", quantization_order="activation")
+    not_hadamard = QuantConfig.preset("rtn", fmt="nvfp", transform_class="dct", hadamard_group_size=16)
+    for cfg in (act_order, not_hadamard, other):
+        assert F.classify_config(cfg.to_dict()) == P.classify(cfg.to_dict())
+        assert F.classify_config(cfg.to_dict())[0] == "other"
 
 
 def _fake_runs(tmp_path):
