@@ -108,6 +108,21 @@ def copy_baselines(nbytes: int = 1 << 30) -> dict:
     return out
 
 
+def copy_graph_bandwidth(nbytes: int, n_inputs: int = 3) -> float:
+    """Copy bandwidth (bytes read + written per second) of a copy of ``nbytes`` bytes, timed as
+    the kernels are (CUDA graph, rotating among ``n_inputs`` sources): the larger of torch
+    ``copy_`` and the Triton copy kernel. The ceiling a kernel moving as many bytes can reach."""
+    src = [torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda").normal_() for _ in range(n_inputs)]
+    dst = torch.empty_like(src[0])
+    n = src[0].numel()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    best = bench_graph(lambda x: dst.copy_(x), src)
+    for block, waves in ((4096, 4), (8192, 8), (4096, 16)):
+        best = min(best, bench_graph(lambda x: _copy[(sms * waves,)](x, dst, n, BLOCK=block), src))
+    del src, dst
+    return 2 * nbytes / (best * 1e-3)
+
+
 def soft(results: list, name: str, fn, *a, **kw):
     """Run fn; on failure record the error and go on."""
     t0 = time.perf_counter()

@@ -109,6 +109,26 @@ def nv_scale(amax, g, EXACT_FMA: tl.constexpr):
 
 
 @triton.jit
+def nv_scale_fast(amax, g, rg, zero_byte):
+    """:func:`nv_scale` for a global scale g in [2^-40, 2^40], given rg = RN(1/g) and the byte
+    of an all-zero group (``zero_byte`` = E4M3 byte of min(g, 448): its scale is 1). GPU only.
+
+    * fl32(e/g) by Markstein's correction from rg (:func:`div_markstein`): e has at most 4
+      significant bits, so it is among the bf16 mantissas the exhaustive check covers, and
+      e/g lies in [2^-49, 2^49] (nothing under/overflows);
+    * the byte straight from e: s = fl32(e/g) gives fl32(s*g) = e (1 + d) with |d| <= 2^-23,
+      far inside E4M3's spacing (>= 2^-4 relative for normals, 2^-9 absolute for subnormals),
+      so the engine's RNE_e4m3(min(s*g, 448)) is e itself; the hardware cast then gives its
+      byte (exact: e is an E4M3 value)."""
+    s0 = div6_f64(amax.to(tl.float64), True)
+    e = e4m3_rne64(tl.minimum(s0 * g.to(tl.float64), 448.0)).to(tl.float32)
+    s = div_markstein(e, g, rg)
+    s = tl.where(s == 0.0, 1.0, s)
+    byte = tl.where(e == 0.0, zero_byte, e.to(tl.float8e4nv).to(tl.uint8, bitcast=True))
+    return s, byte
+
+
+@triton.jit
 def e2m1(q):
     """E2M1 rounding of q (float32): (value as float32, 4-bit code as int32)."""
     m = tl.abs(q)

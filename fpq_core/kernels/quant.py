@@ -36,7 +36,8 @@ import triton.language as tl
 from fpq_core.formats.quantize import global_encode_scale, quantize
 from fpq_core.formats.spec import QuantSpec
 
-from ._common import div_markstein, e2m1_code, e2m1_round, floor_log2, mx_scale, nv_scale, pow2i, round_to_dtype
+from ._common import (div_markstein, e2m1_code, e2m1_round, e4m3_byte, e4m3_rne, floor_log2, mx_scale, nv_scale,
+                      nv_scale_fast, pow2i, round_to_dtype)
 
 __all__ = ["rotate_quantize", "rotate_quantize_twin", "rotate_twin", "check_supported", "RotationPlan",
            "make_plan"]
@@ -166,7 +167,7 @@ def rotate_quantize_twin(x: torch.Tensor, spec: QuantSpec, transform=None, outpu
 
 # ----------------------------------------------------------------------------- kernel
 @triton.jit
-def _rotq_tile(tile, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stride_xm, rot_scale, n_tiles, tiles_k,
+def _rotq_tile(pid_m, pid_k, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, run_max, M, K, stride_xm, rot_scale,
                T: tl.constexpr, G: tl.constexpr, BM: tl.constexpr,
                HAS_ROT: tl.constexpr, DOT_LOWP: tl.constexpr, POST_SCALE: tl.constexpr,
                MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
@@ -175,11 +176,9 @@ def _rotq_tile(tile, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stri
     """One (BM, T) tile: load, rotate, then store / track amax / quantize (see _rotq_kernel)."""
     kk = tl.arange(0, T)
     NG: tl.constexpr = T // G
-    pid_m = tile // tiles_k
-    pid_k = tile - pid_m * tiles_k
     rows = pid_m * BM + tl.arange(0, BM)
     cols = pid_k * T + kk
-    rmask = (rows[:, None] < M) & (tile < n_tiles)
+    rmask = rows[:, None] < M          # also masks the row blocks past the end of a program's walk
     x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=rmask, other=0.0)   # (BM, T)
     if HAS_ROT:
         if DOT_LOWP:   # bf16/fp16 input times the exact +-1 matrix: tensor cores, fp32 accumulate
@@ -206,7 +205,7 @@ def _rotq_tile(tile, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stri
         RS: tl.constexpr = BM // (16 * NW)
         y = tl.reshape(tl.permute(tl.reshape(y, (RS, NW, 2, 8, T)), (0, 2, 1, 3, 4)), (BM, T))
         srows = pid_m * BM + tl.reshape(tl.permute(tl.reshape(tl.arange(0, BM), (RS, NW, 2, 8)), (0, 2, 1, 3)), (BM,))
-        rmask = (srows[:, None] < M) & (tile < n_tiles)
+        rmask = srows[:, None] < M
     else:
         srows = rows
     if MODE == 0:
@@ -216,11 +215,6 @@ def _rotq_tile(tile, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stri
     else:
         y3 = tl.reshape(y, (BM, NG, G))
         amax = tl.max(tl.abs(y3), axis=2)                     # (BM, NG)
-        if IS_NV:
-            s, sbyte = nv_scale(amax, g, HW_ROUND)      # HW_ROUND: compiled, i.e. a real fma
-        else:
-            s, sbyte = mx_scale(amax)
-        sb3 = tl.broadcast_to(s[:, :, None], (BM, NG, G))
         # q = fl32(y / s), computed without a per-element division where that gives the same
         # E2M1 code (tests/kernels/test_division_shortcuts.py checks each claim exhaustively):
         #  * MX, bf16/fp16 input: s = fl32(2^E/3) = 2^E/3 (1 + 2^-25) for E >= -124, and
@@ -235,20 +229,30 @@ def _rotq_tile(tile, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stri
         #    the global scale in [2^-40, 2^40] (checked once per program), s is in
         #    [2^-49, 2^49]; q >= 0.25 then keeps rem normal; an overflowing q0 (q > 2^127) gives
         #    NaN, which the saturating min() of the E2M1 rounding maps to 6 -- what q is. The sign
-        #    is taken from y, never from q.
-        if MX_MUL:
-            e = floor_log2(tl.maximum(amax, 1.1754943508222875e-38))
-            c = pow2i(1 - e) * 1.5                            # 3 * 2^-E, exact
-            c = tl.where(e >= -124, c, tl.where(e == -125, c * 1.00000095367431640625, c * 0.99999904632568359375))
-            q = y3 * tl.broadcast_to(c[:, :, None], (BM, NG, G))
-        elif NV_FMA:
+        #    is taken from y, never from q. The group scale itself: nv_scale_fast.
+        if IS_NV and NV_FMA:
             if (g >= 9.094947017729282e-13) & (g <= 1099511627776.0):
+                s, sbyte = nv_scale_fast(amax, g, rg, zbyte)
+                sb3 = tl.broadcast_to(s[:, :, None], (BM, NG, G))
                 r = tl.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
                 q = div_markstein(y3, sb3, tl.broadcast_to(r[:, :, None], (BM, NG, G)))
             else:
+                s, sbyte = nv_scale(amax, g, True)
+                sb3 = tl.broadcast_to(s[:, :, None], (BM, NG, G))
                 q = tl.div_rn(y3, sb3)
         else:
-            q = tl.div_rn(y3, sb3)
+            if IS_NV:
+                s, sbyte = nv_scale(amax, g, HW_ROUND)      # HW_ROUND: compiled, i.e. a real fma
+            else:
+                s, sbyte = mx_scale(amax)
+            sb3 = tl.broadcast_to(s[:, :, None], (BM, NG, G))
+            if MX_MUL:
+                e = floor_log2(tl.maximum(amax, 1.1754943508222875e-38))
+                c = pow2i(1 - e) * 1.5                            # 3 * 2^-E, exact
+                c = tl.where(e >= -124, c, tl.where(e == -125, c * 1.00000095367431640625, c * 0.99999904632568359375))
+                q = y3 * tl.broadcast_to(c[:, :, None], (BM, NG, G))
+            else:
+                q = tl.div_rn(y3, sb3)
         qb = y3.to(tl.int32, bitcast=True)                    # sign of q = sign of y (s > 0)
         if MODE == 2:
             rr = e2m1_round(tl.abs(q))
@@ -266,22 +270,32 @@ def _rotq_tile(tile, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stri
             pcols = pid_k * (T // 2) + tl.arange(0, T // 2)
             tl.store(pk_ptr + srows[:, None] * (K // 2) + pcols[None, :], (lo | (hi << 4)).to(tl.uint8), mask=rmask)
             gcols = pid_k * NG + tl.arange(0, NG)
-            tl.store(sb_ptr + srows[:, None] * (K // G) + gcols[None, :], sbyte, mask=rmask)
+            sptr = sb_ptr + srows[:, None] * (K // G) + gcols[None, :]
+            if HW_ROUND and not IS_NV:
+                # MX: a group spans two lanes, a layout Triton's coalesced store would shuffle
+                # through shared memory (a block barrier per tile); store each byte from the
+                # registers instead (both lanes of a group write the same byte)
+                tl.inline_asm_elementwise(
+                    "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.b8 [$1], $2; mov.b32 $0, 0; }",
+                    "=r,l,r,r", [sptr, sbyte.to(tl.int32), rmask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+            else:
+                tl.store(sptr, sbyte, mask=rmask)
     return run_max
 
 
 @triton.jit
 def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr,
-                 M, K, stride_xm, rot_scale, n_tiles, tiles_k, iters,
+                 M, K, stride_xm, rot_scale, tiles_k, row_step, iters,
                  T: tl.constexpr, G: tl.constexpr, BM: tl.constexpr,
                  HAS_ROT: tl.constexpr, DOT_LOWP: tl.constexpr, POST_SCALE: tl.constexpr,
                  MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
                  HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
                  ROWP: tl.constexpr, NW: tl.constexpr, STAGES: tl.constexpr,
                  ITERS_C: tl.constexpr):
-    """Persistent: each program loads the rotation matrix once and walks tiles pid, pid+P, ...
-    (row-major over (row block, column tile)). MODE 0 rotated, 1 amax (one value per program),
-    2 fake quant, 3 packed codes + scale bytes."""
+    """Persistent: each program loads the rotation matrix once, keeps one column tile
+    (pid % tiles_k) and walks the row blocks pid // tiles_k + i * row_step (the grid is
+    tiles_k * row_step programs, so no division per tile). MODE 0 rotated, 1 amax (one value per
+    program), 2 fake quant, 3 packed codes + scale bytes."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     kk = tl.arange(0, T)
@@ -292,20 +306,28 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr,
             mat = tl.load(m_ptr + kk[:, None] * T + kk[None, :]).to(tl.float32)
     else:
         mat = 0.0
-    if IS_NV:
+    if IS_NV and MODE >= 2:
         g = tl.load(gs_ptr)
     else:
         g = 1.0
+    if NV_FMA and MODE >= 2:   # per program: RN(1/g) and the scale byte of an all-zero group (scale 1) for nv_scale_fast
+        rg = tl.div_rn(1.0, g)
+        zbyte = e4m3_byte(e4m3_rne(tl.minimum(g, 448.0)))
+    else:
+        rg = 1.0
+        zbyte = 0
     run_max = tl.zeros((BM, T), dtype=tl.float32)
+    pid_k = pid % tiles_k
+    pid_m0 = pid // tiles_k
     if ITERS_C > 0:      # Triton's CPU interpreter needs a Python int as the loop bound
         for it in range(0, ITERS_C):
-            run_max = _rotq_tile(pid + it * nprog, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stride_xm, rot_scale,
-                                 n_tiles, tiles_k, T, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
+            run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, run_max, M, K,
+                                 stride_xm, rot_scale, T, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
                                  HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW)
     else:
         for it in tl.range(0, iters, num_stages=STAGES):
-            run_max = _rotq_tile(pid + it * nprog, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, run_max, M, K, stride_xm, rot_scale,
-                                 n_tiles, tiles_k, T, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
+            run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, run_max, M, K,
+                                 stride_xm, rot_scale, T, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
                                  HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW)
     if MODE == 1:
         tl.store(amax_ptr + pid, tl.max(tl.max(run_max, axis=1), axis=0))
@@ -345,8 +367,13 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
     T, G = plan.tile, spec.group_size
     bm = block_m or DEFAULT_LAUNCH["block_m"]
     tiles_k = K // T
-    n_tiles = triton.cdiv(M, bm) * tiles_k
-    nprog = max(1, min(n_tiles, _sm_count(x2.device) * (waves or DEFAULT_LAUNCH["waves"])))
+    row_blocks = triton.cdiv(M, bm)
+    # tiles_k * row_step programs (about SMs * waves): each keeps its column tile and walks the
+    # row blocks with stride row_step
+    row_step = max(1, min(row_blocks, (_sm_count(x2.device) * (waves or DEFAULT_LAUNCH["waves"])) // tiles_k))
+    iters = triton.cdiv(row_blocks, row_step)
+    row_step = triton.cdiv(row_blocks, iters)     # same iteration count, fewer idle last iterations
+    nprog = tiles_k * row_step
     has_rot = plan.matrix is not None
     interp = not x2.is_cuda
     # bf16/fp16 x +-1 matrix on the tensor cores (exact products). Triton's CPU interpreter reads
@@ -367,11 +394,11 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
     _rotq_kernel[(nprog,)](
         x2, mat, out if out is not None else dummy, pk if pk is not None else dummy,
         sb if sb is not None else dummy, amax if amax is not None else dummy, gs if gs is not None else dummy,
-        M, K, x2.stride(0), float(plan.scale or 1.0), n_tiles, tiles_k, triton.cdiv(n_tiles, nprog),
+        M, K, x2.stride(0), float(plan.scale or 1.0), tiles_k, row_step, iters,
         T=T, G=G, BM=bm, HAS_ROT=has_rot, DOT_LOWP=lowp, POST_SCALE=plan.scale is not None and not fold,
         MODE=mode, IS_BF16=x2.dtype == torch.bfloat16, IS_NV=is_nv, HW_ROUND=not interp, PERM=perm, ROWP=rowp, NW=nw,
         MX_MUL=small and not is_nv, NV_FMA=small and is_nv and not interp,
-        STAGES=None if interp else (stages or DEFAULT_LAUNCH["stages"]), ITERS_C=triton.cdiv(n_tiles, nprog) if interp else 0, num_warps=nw,
+        STAGES=None if interp else (stages or DEFAULT_LAUNCH["stages"]), ITERS_C=iters if interp else 0, num_warps=nw,
         enable_fp_fusion=False)
     return amax if mode == 1 else None
 

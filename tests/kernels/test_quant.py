@@ -130,6 +130,16 @@ def test_extreme_group_scales(dev, name, dtype):
         pk, sb, _ = rotate_quantize(sub, spec, None, "packed")
         rp, rs = qt.pack()
         assert torch.equal(pk, rp) and torch.equal(sb, rs)
+    if spec.scale_precision == "e4m3":
+        # given global scales inside the kernel's fast range [2^-40, 2^40]: the groups' E4M3
+        # scales run through zero, subnormals and saturation at 448 (quotients far above 6)
+        for gval in (2.0 ** -30, 1.0, 2.0 ** 12, 2.0 ** 30, 3.0e-7):
+            gs = torch.tensor([gval], dtype=torch.float32, device=dev)
+            qt = quantize(x, spec, global_scale=gs)
+            assert torch.equal(_bits(rotate_quantize(x, spec, None, "fake", global_scale=gs)), _bits(qt.dequantize()))
+            pk, sb, _ = rotate_quantize(x, spec, None, "packed", global_scale=gs)
+            rp, rs = qt.pack()
+            assert torch.equal(pk, rp) and torch.equal(sb, rs), gval
 
 
 def test_bad_dims_raise(dev):
