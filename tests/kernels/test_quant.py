@@ -152,3 +152,24 @@ def test_bad_dims_raise(dev):
         rotate_quantize(torch.randn(4, 96, device=dev), _spec("nvfp4"), get_transform("hadamard", size=64), "fake")
     with pytest.raises(ValueError, match="supports"):
         rotate_quantize(x[:, :32], _spec("int4"), None, "fake")
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_launch_configurations_give_the_same_bytes(dev, name):
+    """Rows per tile, warps, programs per SM, the lane order and the walk over row blocks (fewer
+    programs than column tiles, uneven row strides, a partial last row block) change nothing."""
+    from fpq_core.kernels.quant import rotate_quantize
+    from fpq_core.transforms import get_transform
+    spec = _spec(name)
+    t = get_transform("hadamard", size=spec.group_size)
+    # 3 row blocks of 64 (the last partial); more column tiles of 64 than programs at waves=1
+    # (the interpreter runs 4 "SMs", a GPU 100+)
+    x = _x(130, 64 * (9 if interp() else 600), torch.bfloat16, dev, seed=11)
+    gs = torch.tensor([0.75], device=dev) if name == "nvfp4" else None
+    ref = rotate_quantize(x, spec, t, "packed", global_scale=gs)
+    fake = rotate_quantize(x, spec, t, "fake", global_scale=gs)
+    for kw in (dict(waves=1), dict(waves=2), dict(block_m=128, num_warps=8), dict(block_m=32),
+               dict(mma_order=False), dict(stages=2, waves=3)):
+        pk, sb, _ = rotate_quantize(x, spec, t, "packed", global_scale=gs, **kw)
+        assert torch.equal(pk, ref[0]) and torch.equal(sb, ref[1]), kw
+        assert torch.equal(_bits(rotate_quantize(x, spec, t, "fake", global_scale=gs, **kw)), _bits(fake)), kw
