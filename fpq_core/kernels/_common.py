@@ -93,16 +93,22 @@ def div6_f64(a, EXACT_FMA: tl.constexpr):
 
 
 @triton.jit
+def nv_group_e4m3(amax, g, EXACT_FMA: tl.constexpr):
+    """The NVFP4 group scale as the engine rounds it: s0 = amax/6 and t = s0*g in float64,
+    e = RNE_e4m3(min(t, 448)) (one rounding), returned as float32 (exact: an E4M3 value)."""
+    s0 = div6_f64(amax.to(tl.float64), EXACT_FMA)
+    return e4m3_rne64(tl.minimum(s0 * g.to(tl.float64), 448.0)).to(tl.float32)
+
+
+@triton.jit
 def nv_scale(amax, g, EXACT_FMA: tl.constexpr):
     """(float scale e/G with 0 -> 1, E4M3 byte of clamp(fl32(s*G))) for NVFP4, exact numerics:
     s0 = amax/6 and t = s0*G in float64, e = RNE_e4m3(min(t, 448)) (one rounding), s = fl32(e/G).
     fl32(e/G) is a float32 division: e has <= 4 significant bits and G 24, so e/G is never within
     2^-49 (relative) of a float32 rounding boundary and the engine's float64 quotient rounds to the
     same float32."""
-    g64 = g.to(tl.float64)
-    s0 = div6_f64(amax.to(tl.float64), EXACT_FMA)
-    e = e4m3_rne64(tl.minimum(s0 * g64, 448.0))
-    s = tl.div_rn(e.to(tl.float32), g)
+    e = nv_group_e4m3(amax, g, EXACT_FMA)
+    s = tl.div_rn(e, g)
     s = tl.where(s == 0.0, 1.0, s)
     byte = e4m3_byte(e4m3_rne(tl.minimum(s * g, 448.0)))
     return s, byte
@@ -120,8 +126,7 @@ def nv_scale_fast(amax, g, rg, zero_byte):
       far inside E4M3's spacing (>= 2^-4 relative for normals, 2^-9 absolute for subnormals),
       so the engine's RNE_e4m3(min(s*g, 448)) is e itself; the hardware cast then gives its
       byte (exact: e is an E4M3 value)."""
-    s0 = div6_f64(amax.to(tl.float64), True)
-    e = e4m3_rne64(tl.minimum(s0 * g.to(tl.float64), 448.0)).to(tl.float32)
+    e = nv_group_e4m3(amax, g, True)
     s = div_markstein(e, g, rg)
     s = tl.where(s == 0.0, 1.0, s)
     byte = tl.where(e == 0.0, zero_byte, e.to(tl.float8e4nv).to(tl.uint8, bitcast=True))

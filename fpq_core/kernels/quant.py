@@ -253,8 +253,8 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, 
                 q = y3 * tl.broadcast_to(c[:, :, None], (BM, NG, G))
             else:
                 q = tl.div_rn(y3, sb3)
-        qb = y3.to(tl.int32, bitcast=True)                    # sign of q = sign of y (s > 0)
         if MODE == 2:
+            qb = y3.to(tl.int32, bitcast=True)                # sign of q = sign of y (s > 0)
             rr = e2m1_round(tl.abs(q))
             v = tl.minimum(rr, 6.0).to(tl.int32, bitcast=True) | (qb & -2147483648)   # sign
             dq = v.to(tl.float32, bitcast=True) * sb3 + 0.0   # + 0.0: zeros as +0.0, as the engine
@@ -297,7 +297,6 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr,
     tiles_k * row_step programs, so no division per tile). MODE 0 rotated, 1 amax (one value per
     program), 2 fake quant, 3 packed codes + scale bytes."""
     pid = tl.program_id(0)
-    nprog = tl.num_programs(0)
     kk = tl.arange(0, T)
     if HAS_ROT:
         if DOT_LOWP:
