@@ -87,22 +87,29 @@ except ImportError:  # pragma: no cover
     triton = None
 
 
+def _copy_setup(nbytes: int, n_inputs: int):
+    """``n_inputs`` random bf16 sources of ``nbytes`` bytes each and one destination."""
+    src = [torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda").normal_() for _ in range(n_inputs)]
+    return src, torch.empty_like(src[0])
+
+
+def _triton_copy_ms(src: list, dst, rep: int) -> float:
+    """Best CUDA-graph milliseconds per call of the vectorised Triton copy over a few launch shapes."""
+    n = src[0].numel()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    return min(bench_graph(lambda x: _copy[(sms * waves,)](x, dst, n, BLOCK=block), src, rep=rep)
+               for block, waves in ((4096, 4), (8192, 8), (4096, 16)))
+
+
 def copy_baselines(nbytes: int = 1 << 30) -> dict:
     """Device-to-device copy bandwidth (bytes read + written per second), measured three ways in
     this run: torch ``copy_`` timed by a CUDA graph, torch ``copy_`` by ``triton.testing.do_bench``
     (per call, L2 flushed), and a vectorised Triton copy kernel by a CUDA graph. Callers divide by
     the largest (``best``), the conservative choice for a percentage-of-copy claim."""
-    src = [torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda").normal_() for _ in range(2)]
-    dst = torch.empty_like(src[0])
-    n = src[0].numel()
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    src, dst = _copy_setup(nbytes, 2)
     out = {"torch_graph": 2 * nbytes / (bench_graph(lambda x: dst.copy_(x), src, rep=10) * 1e-3),
-           "torch_do_bench": 2 * nbytes / (bench(lambda x: dst.copy_(x), src) * 1e-3)}
-    best_t = None
-    for block, waves in ((4096, 4), (8192, 8), (4096, 16)):
-        ms = bench_graph(lambda x: _copy[(sms * waves,)](x, dst, n, BLOCK=block), src, rep=10)
-        best_t = ms if best_t is None else min(best_t, ms)
-    out["triton_graph"] = 2 * nbytes / (best_t * 1e-3)
+           "torch_do_bench": 2 * nbytes / (bench(lambda x: dst.copy_(x), src) * 1e-3),
+           "triton_graph": 2 * nbytes / (_triton_copy_ms(src, dst, rep=10) * 1e-3)}
     out["best"] = max(out.values())
     del src, dst
     return out
@@ -112,13 +119,8 @@ def copy_graph_bandwidth(nbytes: int, n_inputs: int = 3) -> float:
     """Copy bandwidth (bytes read + written per second) of a copy of ``nbytes`` bytes, timed as
     the kernels are (CUDA graph, rotating among ``n_inputs`` sources): the larger of torch
     ``copy_`` and the Triton copy kernel. The ceiling a kernel moving as many bytes can reach."""
-    src = [torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda").normal_() for _ in range(n_inputs)]
-    dst = torch.empty_like(src[0])
-    n = src[0].numel()
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    best = bench_graph(lambda x: dst.copy_(x), src)
-    for block, waves in ((4096, 4), (8192, 8), (4096, 16)):
-        best = min(best, bench_graph(lambda x: _copy[(sms * waves,)](x, dst, n, BLOCK=block), src))
+    src, dst = _copy_setup(nbytes, n_inputs)
+    best = min(bench_graph(lambda x: dst.copy_(x), src), _triton_copy_ms(src, dst, rep=20))
     del src, dst
     return 2 * nbytes / (best * 1e-3)
 
