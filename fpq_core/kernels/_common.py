@@ -206,11 +206,12 @@ def e2m1_code(q, y, SAT: tl.constexpr):
     RNE(|q|) (ties to even code, saturating at 6), | 8 when y is negative or q rounds to zero
     (zeros are stored as 0x8). Same codes as the threshold ladder of :func:`e2m1`.
 
-    With eb = max(exponent bits of |q|, 127) (the binade, [0, 1) counted with [1, 2)), adding
-    c = 2^(eb - 105) + 2 ulp(c) rounds |q| to the binade's E2M1 spacing in one float32 rounding
-    (RNE on the mantissa k + 2, whose parity is k's), so t's low mantissa bits hold k + 2 where
-    k is the multiple of the spacing; the index k + 2 (eb - 127) is then (bits(t) + 2 eb) & 7
-    (the exponent field of t and the offset 256 vanish mod 8). Needs |q| < 8 (eb <= 129):
+    With eb = the exponent bits of max(|q|, 1) (the binade, [0, 1) counted with [1, 2)), adding
+    c = 2^(eb - 105) + 6 ulp(c) (bits cb = (eb << 23) + (22 << 23) + 6) rounds |q| to the
+    binade's E2M1 spacing in one float32 rounding (RNE on the mantissa k + 6, whose parity is
+    k's), so t = |q| + c holds k + 6 in its low mantissa bits, k the multiple of the spacing; the
+    index k + 2 (eb - 127) is then (bits(t) + (cb >> 22)) & 7, since cb >> 22 = 2 eb + 44 and the
+    exponent field of t and the offset 6 + 44 + 254 = 304 vanish mod 8. Needs |q| < 8 (eb <= 129):
     ``SAT`` caps |q| at 6 first (and maps a NaN quotient to 6; the sign comes from y); without
     it the caller guarantees |q| < 7 and q not NaN, and q <= 0.25 alone gives "negative or
     rounds to zero" (q has y's sign)."""

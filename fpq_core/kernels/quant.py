@@ -230,7 +230,7 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, 
         #    [2^-49, 2^49]; q >= 0.25 then keeps rem normal; an overflowing q0 (q > 2^127) gives
         #    NaN, which the saturating min() of the E2M1 rounding maps to 6 -- what q is. The sign
         #    is taken from y, never from q. The group scale itself: nv_scale_fast.
-        if IS_NV and NV_FMA:
+        if NV_FMA:                          # (NV_FMA implies IS_NV)
             if (g >= 9.094947017729282e-13) & (g <= 1099511627776.0):
                 s, sbyte = nv_scale_fast(amax, g, rg, zbyte)
                 sb3 = tl.broadcast_to(s[:, :, None], (BM, NG, G))
