@@ -1,12 +1,19 @@
 """Launch-parameter sweep of the fused rotation+quantization kernel (packed output).
 
-Rows per tile (block_m), tile width (tile), warps, pipeline stages and programs per SM (waves)
-for a few Llama-3.1-8B shapes; device time from CUDA graphs; effective bandwidth (bytes read +
+Rows per tile (block_m), tile width (tile), warps, pipeline stages, a register cap per thread
+(maxnreg, which sets how many programs fit on an SM) and programs per SM (waves) for
+Llama-3.1-8B shapes; device time from CUDA graphs; effective bandwidth (bytes read +
 written / time) against a device-to-device copy timed the same way in the same run. Each config's
 bytes are checked against the default launch. Writes OUT/sweep_quant_kernel.json; the best
 config per case is printed (DEFAULT_LAUNCH in fpq_core/kernels/quant.py comes from here).
 
-    python benchmarks/sweep_quant_kernel.py --out OUT [--quick]
+    python benchmarks/sweep_quant_kernel.py --out OUT [--grid quick|full|occupancy] [--cases a,b]
+                                                      [--formats mxfp4,nvfp4] [--tag NAME]
+
+``--grid occupancy``: 64-column tiles, 4 warps; rows 32/64, stages 2/3, maxnreg none/96/80/72
+(NVFP4; MXFP4 needs fewer than 64 registers, so none/56 there), waves 4/6/8/12/16. Each row records
+the compiled kernel's registers, spills and shared memory. ``--grid codes``: the default tile with
+the packed codes from the integer path (``fma_codes=False``) and the multiply-add path, same run.
 """
 from __future__ import annotations
 
@@ -20,41 +27,53 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks._common import bench_graph, copy_baselines, device_info, write_json  # noqa: E402
+from benchmarks.bench_quant_kernels import SHAPES  # noqa: E402
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="same as --grid quick")
+    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes"), default=None)
+    ap.add_argument("--cases", default="a_8192x14336,w_4096x4096",
+                    help=f"comma-separated, from {','.join(SHAPES)}")
+    ap.add_argument("--formats", default="mxfp4,nvfp4")
+    ap.add_argument("--tag", default="", help="suffix of the JSON file name")
     a = ap.parse_args(argv)
+    grid_name = a.grid or ("quick" if a.quick else "full")
+    cases = [c for c in a.cases.split(",") if c]
+    unknown = [c for c in cases if c not in SHAPES]
+    if unknown:
+        raise SystemExit(f"unknown case(s) {unknown}; choose from {list(SHAPES)}")
     from fpq_core.formats import QuantSpec
-    from fpq_core.kernels.quant import make_plan, rotate_quantize
+    from fpq_core.kernels.quant import last_launch_resources, make_plan, rotate_quantize
     from fpq_core.transforms import get_transform
 
     copies = copy_baselines()
     copy = copies["best"]
     rows = []
-    cases = [("a_8192x14336", 8192, 14336), ("w_4096x4096", 4096, 4096)]
-    grid = list(itertools.product((32, 64, 128, 256), (64, 128), (4, 8), (2, 3, 4)))
-    if a.quick:
-        grid = list(itertools.product((64, 128, 256), (64, 128), (4, 8), (3, 4)))
-    for name, M, K in cases:
+    for name in cases:
+        M, K = SHAPES[name]
         xs = [torch.randn(M, K, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
         for fmt, n in (("mxfp4", 32), ("nvfp4", 16)):
+            if fmt not in a.formats.split(","):
+                continue
             spec = QuantSpec.from_name(fmt)
             t = get_transform("hadamard", size=n)
             g = torch.tensor([100.0], device="cuda") if fmt == "nvfp4" else None
             ref = rotate_quantize(xs[0], spec, t, "packed", global_scale=g)
             nbytes = M * K * 2 + M * K // 2 + M * K // spec.group_size
             best = None
-            for bm, tile, nw, st in grid:
+            for bm, tile, nw, st, mr, fc, waves_list in _grid(grid_name, fmt):
                 plan = make_plan(t, K, spec.group_size, tile=tile)
-                for waves in (4, 8, 16):
-                    kw = dict(global_scale=g, plan=plan, block_m=bm, num_warps=nw, stages=st, waves=waves)
+                for waves in waves_list:
+                    kw = dict(global_scale=g, plan=plan, block_m=bm, num_warps=nw, stages=st, waves=waves, maxnreg=mr,
+                              fma_codes=fc)
                     r = {"case": name, "fmt": fmt, "rot": n, "block_m": bm, "tile": plan.tile, "num_warps": nw,
-                         "stages": st, "waves": waves}
+                         "stages": st, "maxnreg": mr, "fma_codes": fc, "waves": waves}
                     try:
                         out = rotate_quantize(xs[0], spec, t, "packed", **kw)
+                        r.update(last_launch_resources())
                         r["equal_to_default"] = bool(torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1]))
                         del out
                         ms = bench_graph(lambda x: rotate_quantize(x, spec, t, "packed", **kw), xs)
@@ -67,24 +86,44 @@ def main(argv=None):
                     rows.append(r)
                     if best is None or gbps > best["GBps"]:
                         best = r
-            # the same best launch without the matrix-column order (ablation, same run)
-            kw = dict(global_scale=g, plan=make_plan(t, K, spec.group_size, tile=best["tile"]), block_m=best["block_m"],
-                      num_warps=best["num_warps"], stages=best["stages"], waves=best["waves"], mma_order=False)
-            ms = bench_graph(lambda x: rotate_quantize(x, spec, t, "packed", **kw), xs)
-            gbps = nbytes / (ms * 1e-3) / 1e9
-            rows.append({k: best[k] for k in ("case", "fmt", "rot", "block_m", "tile", "num_warps", "stages", "waves")}
-                        | {"mma_order": False, "ms": ms, "GBps": gbps, "pct_copy": 100 * gbps * 1e9 / copy})
-            best["no_mma_order_pct_copy"] = 100 * gbps * 1e9 / copy
-            print(f"{name:14s} {fmt}: best block_m={best['block_m']} tile={best['tile']} warps={best['num_warps']} "
-                  f"stages={best['stages']} waves={best['waves']}: {best['ms']:.3f} ms, {best['GBps']:.0f} GB/s = "
-                  f"{best['pct_copy']:.0f}% of copy ({copy / 1e9:.0f} GB/s); without the column order "
-                  f"{best['no_mma_order_pct_copy']:.0f}%", flush=True)
+            keys = ("case", "fmt", "rot", "block_m", "tile", "num_warps", "stages", "maxnreg", "fma_codes", "waves")
+            if grid_name not in ("occupancy", "codes"):
+                # the same best launch without the matrix-column order (ablation, same run)
+                kw = dict(global_scale=g, plan=make_plan(t, K, spec.group_size, tile=best["tile"]),
+                          **{k: best[k] for k in ("block_m", "num_warps", "stages", "waves", "maxnreg", "fma_codes")},
+                          mma_order=False)
+                ms = bench_graph(lambda x: rotate_quantize(x, spec, t, "packed", **kw), xs)
+                gbps = nbytes / (ms * 1e-3) / 1e9
+                rows.append({k: best[k] for k in keys} | {"mma_order": False, "ms": ms, "GBps": gbps,
+                                                           "pct_copy": 100 * gbps * 1e9 / copy})
+                best["no_mma_order_pct_copy"] = 100 * gbps * 1e9 / copy
+            extra = (f"; without the column order {best['no_mma_order_pct_copy']:.0f}%"
+                     if "no_mma_order_pct_copy" in best else "")
+            print(f"{name:14s} {fmt}: best " + " ".join(f"{k}={best[k]}" for k in keys[3:])
+                  + f" (regs {best.get('n_regs')}, smem {best.get('shared')}): {best['ms'] * 1e3:.1f} us, "
+                  f"{best['GBps']:.0f} GB/s = {best['pct_copy']:.0f}% of copy ({copy / 1e9:.0f} GB/s){extra}", flush=True)
         del xs
         torch.cuda.empty_cache()
     bad = [r for r in rows if r.get("equal_to_default") is False]
     print(f"configs whose bytes differ from the default launch: {len(bad)}")
-    write_json(a.out, "sweep_quant_kernel", {"device": device_info(), "copy_GBps": copy / 1e9,
-                                             "copy_baselines_GBps": {k: v / 1e9 for k, v in copies.items()}, "rows": rows})
+    write_json(a.out, "sweep_quant_kernel" + (f"_{a.tag}" if a.tag else ""),
+               {"device": device_info(), "grid": grid_name, "copy_GBps": copy / 1e9,
+                "copy_baselines_GBps": {k: v / 1e9 for k, v in copies.items()}, "rows": rows})
+
+
+def _grid(name: str, fmt: str):
+    """(block_m, tile, num_warps, stages, maxnreg, fma_codes, waves list) per config of a named grid."""
+    if name == "codes":
+        caps = (None, 96) if fmt == "nvfp4" else (None,)
+        return [(64, 64, 4, 3, mr, fc, (8, 16)) for fc, mr in itertools.product((False, True), caps)]
+    if name == "occupancy":
+        caps = (None, 96, 80, 72) if fmt == "nvfp4" else (None, 56)
+        return [(bm, 64, 4, st, mr, None, (4, 6, 8, 12, 16)) for bm, st, mr in itertools.product((32, 64), (2, 3), caps)]
+    if name == "quick":
+        return [(bm, tile, nw, st, None, None, (4, 8, 16))
+                for bm, tile, nw, st in itertools.product((64, 128, 256), (64, 128), (4, 8), (3, 4))]
+    return [(bm, tile, nw, st, None, None, (4, 8, 16))
+            for bm, tile, nw, st in itertools.product((32, 64, 128, 256), (64, 128), (4, 8), (2, 3, 4))]
 
 
 if __name__ == "__main__":

@@ -126,11 +126,37 @@ def nv_scale_fast(amax, g, rg, zero_byte):
       far inside E4M3's spacing (>= 2^-4 relative for normals, 2^-9 absolute for subnormals),
       so the engine's RNE_e4m3(min(s*g, 448)) is e itself; the hardware cast then gives its
       byte (exact: e is an E4M3 value)."""
-    e = nv_group_e4m3(amax, g, True)
+    b = nv_group_e4m3_hw(amax, g).to(tl.uint8, bitcast=True).to(tl.int32)
+    e = e4m3_value(b)
     s = div_markstein(e, g, rg)
     s = tl.where(s == 0.0, 1.0, s)
-    byte = tl.where(e == 0.0, zero_byte, e.to(tl.float8e4nv).to(tl.uint8, bitcast=True))
+    byte = tl.where(b == 0, zero_byte, b.to(tl.uint8))
     return s, byte
+
+
+@triton.jit
+def e4m3_value(b):
+    """The value of E4M3 byte b (int32, 0..0x7E) as float32: b << 20 read as float32 bits has b's
+    exponent field and mantissa in place, so it is 2^(E-127) (1 + m/8) for E >= 1 and the float32
+    subnormal m 2^-129 for E = 0; times 2^120 (exact) that is 2^(E-7) (1 + m/8), resp. m 2^-9.
+    (Not Triton's float8 -> float32 cast: where a thread holds an odd number of values, the
+    pairwise conversion reads an undefined partner, and ptxas was seen to return garbage for the
+    defined half too.)"""
+    return (b << 20).to(tl.float32, bitcast=True) * 1.329227995784916e+36
+
+
+@triton.jit
+def nv_group_e4m3_hw(amax, g):
+    """:func:`nv_group_e4m3` with the E4M3 rounding in hardware (GPU only), as a float8e4nv:
+    t = min(fl64(fl64(amax/6) g), 448) is rounded to float32 *to odd* (truncate, then set the
+    last bit if that was inexact) and the float32 to E4M3 cast (round to nearest even) follows.
+    Rounding to odd with at least two more bits than the target makes the second rounding
+    equal to a single one (float32 keeps >= 20 more bits than E4M3 here, subnormals included);
+    checked against the float64 rule for every bf16 amax and several global scales on the GPU."""
+    t = tl.minimum(div6_f64(amax.to(tl.float64), True) * g.to(tl.float64), 448.0)
+    f = tl.inline_asm_elementwise("cvt.rz.f32.f64 $0, $1;", "=f,d", [t], dtype=tl.float32, is_pure=True, pack=1)
+    fo = (f.to(tl.int32, bitcast=True) | (f.to(tl.float64) != t).to(tl.int32)).to(tl.float32, bitcast=True)
+    return fo.to(tl.float8e4nv)
 
 
 @triton.jit
@@ -227,3 +253,94 @@ def e2m1_code(q, y, SAT: tl.constexpr):
     t = m + cb.to(tl.float32, bitcast=True)
     idx = (t.to(tl.int32, bitcast=True) + (cb >> 22)) & 7
     return idx | tl.where(small, 8, 0)
+
+
+# ----------------------------------------------------------------------------- packed codes on the FMA pipe
+# The packed-code path is bound by the integer/compare pipe (LOP3, SEL, FSETP, FMNMX issue at
+# half the rate of FFMA on sm_90), so the functions below compute the code with float multiply-adds
+# and pack it with integer multiply-adds (IMAD runs on the FMA pipe).
+
+@triton.jit
+def e2m1_index_f(m, SAT: tl.constexpr):
+    """2^23 + the E2M1 index of RNE(m) for m >= 0 (a float32 whose low mantissa bits are the index),
+    in three multiply-adds and two or three minima:
+
+        a1 = 2^23 + RNE(2m)        exact on [0, 2): spacing 0.5, index 2v
+        a2 = 2^23 + RNE(m) + 2     exact on [2, 4): spacing 1,   index v + 2
+        a4 = 2^23 + RNE(m/2) + 4   exact on [4, 8): spacing 2,   index v/2 + 4
+
+    each one float32 rounding (the products are exact; the even offsets keep ties to even), and
+    on its own interval each is the smallest of the three (2m <= m + 2 <= m/2 + 4 on [0, 2], the
+    order reverses past 2 and 4, and RNE is monotone), so min(a1, a2, a4) is the index
+    (checked for every float32 in [0, 16) in tests/kernels/test_division_shortcuts.py). Without
+    ``SAT`` the caller guarantees m < 7; with it the minimum with 2^23 + 7 saturates (a huge, inf
+    or NaN m gives 7: the hardware minimum returns the non-NaN operand)."""
+    a = tl.minimum(tl.fma(m, 2.0, 8388608.0), m + 8388610.0)
+    a = tl.minimum(a, tl.fma(m, 0.5, 8388612.0))
+    if SAT:
+        a = tl.minimum(a, 8388615.0)
+    return a
+
+
+@triton.jit
+def fma_sat(a, b, c, HW: tl.constexpr):
+    """clamp(fl32(a*b + c), 0, 1) -- one FFMA.SAT on the GPU (``HW``); a where() in the interpreter."""
+    if HW:
+        return tl.inline_asm_elementwise("fma.rn.sat.f32 $0, $1, $2, $3;", "=f,f,f,f", [a, b, c],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        v = tl.fma(a, b, c)
+        return tl.where(v >= 1.0, 1.0, tl.where(v > 0.0, v, 0.0))
+
+
+@triton.jit
+def pack_codes_f(codef, R: tl.constexpr, C: tl.constexpr):
+    """Pack (R, C) float32 codes 2^23 + c (c in 0..15) into (R, C/8) int32 words, code j of a word
+    in bits 4j..4j+3 (the byte order of the reference packer: low nibble first, little-endian), by
+    integer multiply-adds on the bits: sum_j bits_j 16^j = word + 0x4B000000 (1 + 16) mod 2^32."""
+    b = codef.to(tl.int32, bitcast=True)
+    lo, hi = tl.split(tl.reshape(b, (R, C // 2, 2)))
+    b = lo + hi * 16
+    lo, hi = tl.split(tl.reshape(b, (R, C // 4, 2)))
+    b = lo + hi * 256
+    lo, hi = tl.split(tl.reshape(b, (R, C // 8, 2)))
+    return lo + hi * 65536 + 83886080          # + 0x05000000 == - 0xFB000000 (mod 2^32)
+
+
+@triton.jit
+def small_f(q, HW: tl.constexpr):
+    """1.0 where q <= 0.25 (negative, or rounds to E2M1 zero: the packer's bit 3), else 0.0, for q
+    not NaN: clamp(2^100 (0.25 + 2^-25 - q), 0, 1), whose sign is exact (q*2^100 is exact) and
+    whose magnitude is >= 2^75 where positive (0.25 + 2^-25 is the float after 0.25)."""
+    return fma_sat(q, -1.2676506002282294e30, 3.169126878359892e+29, HW)
+
+
+@triton.jit
+def nv_small_threshold(s, kz):
+    """Per NVFP4 group, for :func:`nv_small_f`: kz * t with t the float after RD32(s (1/4 + 2^-26))
+    (``kz``: the program's power of two from :func:`nv_small_scale`). GPU only (fma.rm)."""
+    th = tl.inline_asm_elementwise("fma.rm.f32 $0, $1, $2, $3;", "=f,f,f,f", [s, 1.4901161193847656e-08, s * 0.25],
+                                   dtype=tl.float32, is_pure=True, pack=1)
+    return (th.to(tl.int32, bitcast=True) + 1).to(tl.float32, bitcast=True) * kz
+
+
+@triton.jit
+def nv_small_scale(g):
+    """kz = 2^(40 + max(floor(log2 g), -10)) for a global scale g in [2^-40, 2^40]: a power of two
+    with kz ulp(s/4) >= 2^5 and kz s <= 2^80 for every group scale s of such a g (s is 1 or in
+    [2^-9/g, 449/g])."""
+    return pow2i(40 + tl.maximum(floor_log2(g), -10))
+
+
+@triton.jit
+def nv_small_f(y, tk, kz):
+    """1.0 where RN(y / s) <= 0.25 (the packer's bit 3: negative, or rounds to E2M1 zero), else 0.0,
+    from y and the group's ``tk`` = :func:`nv_small_threshold` -- not from the quotient, which an
+    overflowing Markstein step leaves NaN. One FFMA.SAT per element. GPU only.
+
+    RN(y/s) <= 1/4 iff y <= s (1/4 + 2^-26) (the midpoint below the float after 1/4 rounds to
+    1/4, its even neighbour) iff y <= RD32(s (1/4 + 2^-26)) (y is a float) iff y < t, the next
+    float. clamp(fma(y, -kz, kz t), 0, 1): the fma is exact before its one rounding, so its sign is
+    that of t - y; kz t is exact (a power of two); where positive, it is >= kz ulp(t) >= 2^5;
+    where y*kz overflows the result is -inf or +inf with the same sign."""
+    return fma_sat(y, kz * -1.0, tk, True)

@@ -8,6 +8,11 @@
 * ``output="rotated"``-> the rotated input only (the kernel's rotation, rounded to x's dtype);
 * ``output="amax"``   -> max |rotated| (the first pass of the NVFP4 global scale).
 
+The packed codes are computed on the FMA pipe (``_common.e2m1_index_f``: the E2M1 index as the
+minimum of three float roundings; bit 3 by one saturated FMA; eight codes to an int32 word by
+integer multiply-adds), since the integer/compare pipe, at half the issue rate, bounded the
+earlier integer version (``fma_codes=False`` keeps it, for comparison).
+
 What is bit-exact (tested in ``tests/kernels/test_quant.py``):
 
 1. **Given the same rotated input, codes, scales, bytes and fake-quant values are bit-exact** with
@@ -36,8 +41,8 @@ import triton.language as tl
 from fpq_core.formats.quantize import global_encode_scale, quantize
 from fpq_core.formats.spec import QuantSpec
 
-from ._common import (div_markstein, e2m1_code, e2m1_round, e4m3_byte, e4m3_rne, floor_log2, mx_scale, nv_scale,
-                      nv_scale_fast, pow2i, round_to_dtype)
+from ._common import (div_markstein, e2m1_code, e2m1_index_f, e2m1_round, e4m3_byte, e4m3_rne, floor_log2, mx_scale,
+                      nv_scale, nv_scale_fast, nv_small_f, nv_small_scale, nv_small_threshold, pack_codes_f, pow2i, round_to_dtype, small_f)
 
 __all__ = ["rotate_quantize", "rotate_quantize_twin", "rotate_twin", "check_supported", "RotationPlan",
            "make_plan"]
@@ -167,19 +172,21 @@ def rotate_quantize_twin(x: torch.Tensor, spec: QuantSpec, transform=None, outpu
 
 # ----------------------------------------------------------------------------- kernel
 @triton.jit
-def _rotq_tile(pid_m, pid_k, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, run_max, M, K, stride_xm, rot_scale,
+def _rotq_tile(pid_m, pid_k, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K, stride_xm, rot_scale,
                T: tl.constexpr, G: tl.constexpr, BM: tl.constexpr,
                HAS_ROT: tl.constexpr, DOT_LOWP: tl.constexpr, POST_SCALE: tl.constexpr,
                MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
                HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
-               ROWP: tl.constexpr, NW: tl.constexpr):
+               ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr):
     """One (BM, T) tile: load, rotate, then store / track amax / quantize (see _rotq_kernel)."""
     kk = tl.arange(0, T)
     NG: tl.constexpr = T // G
     rows = pid_m * BM + tl.arange(0, BM)
     cols = pid_k * T + kk
-    rmask = rows[:, None] < M          # also masks the row blocks past the end of a program's walk
-    x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=rmask, other=0.0)   # (BM, T)
+    if EVEN:        # every row block of every program's walk is whole and inside: no masks
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :])
+    else:           # rmask also masks the row blocks past the end of a program's walk
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=rows[:, None] < M, other=0.0)
     if HAS_ROT:
         if DOT_LOWP:   # bf16/fp16 input times the exact +-1 matrix: tensor cores, fp32 accumulate
             y = tl.dot(x, mat, out_dtype=tl.float32)
@@ -205,9 +212,12 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, 
         RS: tl.constexpr = BM // (16 * NW)
         y = tl.reshape(tl.permute(tl.reshape(y, (RS, NW, 2, 8, T)), (0, 2, 1, 3, 4)), (BM, T))
         srows = pid_m * BM + tl.reshape(tl.permute(tl.reshape(tl.arange(0, BM), (RS, NW, 2, 8)), (0, 2, 1, 3)), (BM,))
-        rmask = srows[:, None] < M
     else:
         srows = rows
+    if EVEN:
+        rmask = None
+    else:
+        rmask = srows[:, None] < M
     if MODE == 0:
         tl.store(out_ptr + srows[:, None] * K + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=rmask)
     elif MODE == 1:
@@ -228,18 +238,29 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, 
         #    CUDA's own div.rn fast path. Exact while nothing that matters under/overflows: with
         #    the global scale in [2^-40, 2^40] (checked once per program), s is in
         #    [2^-49, 2^49]; q >= 0.25 then keeps rem normal; an overflowing q0 (q > 2^127) gives
-        #    NaN, which the saturating min() of the E2M1 rounding maps to 6 -- what q is. The sign
-        #    is taken from y, never from q. The group scale itself: nv_scale_fast.
+        #    NaN, which the saturating min() of the E2M1 index maps to 6 -- what q is. The sign
+        #    (and the packer's zero rule) is taken from y and s, never from q. The group scale
+        #    itself: nv_scale_fast.
         if NV_FMA:                          # (NV_FMA implies IS_NV)
             if (g >= 9.094947017729282e-13) & (g <= 1099511627776.0):
                 s, sbyte = nv_scale_fast(amax, g, rg, zbyte)
                 sb3 = tl.broadcast_to(s[:, :, None], (BM, NG, G))
                 r = tl.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
                 q = div_markstein(y3, sb3, tl.broadcast_to(r[:, :, None], (BM, NG, G)))
+                if MODE == 3:
+                    # the packer's "negative or rounds to zero" from y and s, not from q (an
+                    # overflowing Markstein step leaves q NaN): see nv_small_f
+                    z = nv_small_f(y3, tl.broadcast_to(nv_small_threshold(s, kz)[:, :, None], (BM, NG, G)), kz)
+                else:
+                    z = 0.0
             else:
                 s, sbyte = nv_scale(amax, g, True)
                 sb3 = tl.broadcast_to(s[:, :, None], (BM, NG, G))
                 q = tl.div_rn(y3, sb3)
+                if MODE == 3:
+                    z = small_f(q, HW_ROUND)    # q = +-inf at worst here, never NaN
+                else:
+                    z = 0.0
         else:
             if IS_NV:
                 s, sbyte = nv_scale(amax, g, HW_ROUND)      # HW_ROUND: compiled, i.e. a real fma
@@ -253,6 +274,10 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, 
                 q = y3 * tl.broadcast_to(c[:, :, None], (BM, NG, G))
             else:
                 q = tl.div_rn(y3, sb3)
+            if MODE == 3:
+                z = small_f(q, HW_ROUND)    # q finite (MX) or +-inf (NV, exact division), never NaN
+            else:
+                z = 0.0
         if MODE == 2:
             qb = y3.to(tl.int32, bitcast=True)                # sign of q = sign of y (s > 0)
             rr = e2m1_round(tl.abs(q))
@@ -265,19 +290,32 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, 
                 dq = round_to_dtype(dq, IS_BF16).to(out_ptr.dtype.element_ty)
             tl.store(out_ptr + srows[:, None] * K + cols[None, :], dq, mask=rmask)
         else:
-            code = e2m1_code(q, y3, IS_NV)     # MX: |q| < 6 (1 + 2^-20), no saturation needed
-            lo, hi = tl.split(tl.reshape(code, (BM, T // 2, 2)))
-            pcols = pid_k * (T // 2) + tl.arange(0, T // 2)
-            tl.store(pk_ptr + srows[:, None] * (K // 2) + pcols[None, :], (lo | (hi << 4)).to(tl.uint8), mask=rmask)
+            if FCODE:
+                # code = E2M1 index | 8 (negative or zero), as a float 2^23 + code on the FMA pipe,
+                # packed eight to an int32 word by integer multiply-adds (pk_ptr is int32 here).
+                # MX: |q| < 6 (1 + 2^-20), no saturation needed.
+                codef = tl.fma(z, 8.0, e2m1_index_f(tl.abs(q), IS_NV))
+                words = pack_codes_f(tl.reshape(codef, (BM, T)), BM, T)
+                wcols = pid_k * (T // 8) + tl.arange(0, T // 8)
+                tl.store(pk_ptr + srows[:, None] * (K // 8) + wcols[None, :], words, mask=rmask)
+            else:
+                code = e2m1_code(q, y3, IS_NV)     # MX: |q| < 6 (1 + 2^-20), no saturation needed
+                lo, hi = tl.split(tl.reshape(code, (BM, T // 2, 2)))
+                pcols = pid_k * (T // 2) + tl.arange(0, T // 2)
+                tl.store(pk_ptr + srows[:, None] * (K // 2) + pcols[None, :], (lo | (hi << 4)).to(tl.uint8), mask=rmask)
             gcols = pid_k * NG + tl.arange(0, NG)
             sptr = sb_ptr + srows[:, None] * (K // G) + gcols[None, :]
             if HW_ROUND and not IS_NV:
                 # MX: a group spans two lanes, a layout Triton's coalesced store would shuffle
                 # through shared memory (a block barrier per tile); store each byte from the
                 # registers instead (both lanes of a group write the same byte)
-                tl.inline_asm_elementwise(
-                    "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.b8 [$1], $2; mov.b32 $0, 0; }",
-                    "=r,l,r,r", [sptr, sbyte.to(tl.int32), rmask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+                if EVEN:
+                    tl.inline_asm_elementwise("{ st.global.b8 [$1], $2; mov.b32 $0, 0; }",
+                                              "=r,l,r", [sptr, sbyte.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+                else:
+                    tl.inline_asm_elementwise(
+                        "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.b8 [$1], $2; mov.b32 $0, 0; }",
+                        "=r,l,r,r", [sptr, sbyte.to(tl.int32), rmask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
             else:
                 tl.store(sptr, sbyte, mask=rmask)
     return run_max
@@ -290,7 +328,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr,
                  HAS_ROT: tl.constexpr, DOT_LOWP: tl.constexpr, POST_SCALE: tl.constexpr,
                  MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
                  HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
-                 ROWP: tl.constexpr, NW: tl.constexpr, STAGES: tl.constexpr,
+                 ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr,
                  ITERS_C: tl.constexpr):
     """Persistent: each program loads the rotation matrix once, keeps one column tile
     (pid % tiles_k) and walks the row blocks pid // tiles_k + i * row_step (the grid is
@@ -312,28 +350,45 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr,
     if NV_FMA and MODE >= 2:   # per program: RN(1/g) and the scale byte of an all-zero group (scale 1) for nv_scale_fast
         rg = tl.div_rn(1.0, g)
         zbyte = e4m3_byte(e4m3_rne(tl.minimum(g, 448.0)))
+        kz = nv_small_scale(g)
     else:
         rg = 1.0
         zbyte = 0
+        kz = 1.0
     run_max = tl.zeros((BM, T), dtype=tl.float32)
     pid_k = pid % tiles_k
     pid_m0 = pid // tiles_k
     if ITERS_C > 0:      # Triton's CPU interpreter needs a Python int as the loop bound
         for it in range(0, ITERS_C):
-            run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, run_max, M, K,
+            run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                  stride_xm, rot_scale, T, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW)
+                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN)
     else:
         for it in tl.range(0, iters, num_stages=STAGES):
-            run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, run_max, M, K,
+            run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                  stride_xm, rot_scale, T, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW)
+                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN)
     if MODE == 1:
         tl.store(amax_ptr + pid, tl.max(tl.max(run_max, axis=1), axis=0))
 
 
 _SM_COUNT: dict = {}
 _CONST: dict = {}
+_LAST: dict = {}
+
+
+def last_launch_resources() -> dict:
+    """Registers and spills per thread and shared memory per program of the last kernel launched
+    on a GPU (for benchmarks: these set how many programs fit on an SM); {} if none."""
+    k = _LAST.get("kernel")
+    if k is None or not hasattr(k, "metadata"):
+        return {}
+    try:
+        k._init_handles()
+    except Exception:  # noqa: BLE001
+        return {}
+    return {"n_regs": getattr(k, "n_regs", None), "n_spills": getattr(k, "n_spills", None),
+            "shared": getattr(k.metadata, "shared", None)}
 
 
 def _sm_count(device) -> int:
@@ -353,25 +408,44 @@ def _const(value: float, device) -> torch.Tensor:
     return _CONST[k]
 
 
+def _row_stride(row_blocks: int, target: int, whole_blocks: bool) -> tuple[int, bool]:
+    """The row-block stride of the programs' walk (programs per column tile), near ``target``:
+    a divisor of ``row_blocks`` in [3/4 target, target] where one exists and the row blocks are
+    whole (then every walk is full and the kernel needs no masks: ``even``), else the balanced
+    stride cdiv(row_blocks, iters) (same iteration count, fewest idle last iterations)."""
+    if whole_blocks:
+        for d in range(target, max(1, (3 * target) // 4) - 1, -1):
+            if row_blocks % d == 0:
+                return d, True
+    iters = -(-row_blocks // target)
+    step = -(-row_blocks // iters)
+    return step, whole_blocks and step * iters == row_blocks
+
+
 # Launch defaults from benchmarks/sweep_quant_kernel.py on the H100 (docs/performance.md).
-DEFAULT_LAUNCH = {"block_m": 64, "num_warps": 4, "waves": 16, "stages": 3}
+# ``maxnreg``: a cap on registers per thread (None: the compiler's choice), which sets how many
+# programs fit on an SM.
+DEFAULT_LAUNCH = {"block_m": 64, "num_warps": 4, "waves": 16, "stages": 3, "maxnreg": None}
+NV_LAUNCH = dict(DEFAULT_LAUNCH, maxnreg=96)     # NVFP4: a 96-register cap gave 1-3% (64-column bf16 tiles)
 
 
 def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax=None, gs=None, block_m=None,
             num_warps: int | None = None, waves: int | None = None, stages: int | None = None,
-            mma_order: bool | None = None):
+            mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None):
     """Launch the persistent kernel. MODE 1 returns its partial maxima (one per program, in a
     buffer allocated here); the other modes write into the given outputs and return None."""
     M, K = x2.shape
     T, G = plan.tile, spec.group_size
-    bm = block_m or DEFAULT_LAUNCH["block_m"]
+    is_nv = spec.scale_precision == "e4m3" if spec is not None else False
+    dflt = NV_LAUNCH if is_nv and mode >= 2 else DEFAULT_LAUNCH
+    bm = block_m or dflt["block_m"]
     tiles_k = K // T
     row_blocks = triton.cdiv(M, bm)
     # tiles_k * row_step programs (about SMs * waves): each keeps its column tile and walks the
     # row blocks with stride row_step
-    row_step = max(1, min(row_blocks, (_sm_count(x2.device) * (waves or DEFAULT_LAUNCH["waves"])) // tiles_k))
+    target = max(1, min(row_blocks, (_sm_count(x2.device) * (waves or dflt["waves"])) // tiles_k))
+    row_step, even = _row_stride(row_blocks, target, M % bm == 0)
     iters = triton.cdiv(row_blocks, row_step)
-    row_step = triton.cdiv(row_blocks, iters)     # same iteration count, fewer idle last iterations
     nprog = tiles_k * row_step
     has_rot = plan.matrix is not None
     interp = not x2.is_cuda
@@ -384,35 +458,42 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
         perm = perm and mma_order
     mat = plan.on(x2.device, x2.dtype if lowp else torch.float32, folded=fold, permuted=perm) if has_rot else x2
     small = x2.dtype in (torch.bfloat16, torch.float16)
-    is_nv = spec.scale_precision == "e4m3" if spec is not None else False
-    nw = num_warps or DEFAULT_LAUNCH["num_warps"]
+    nw = num_warps or dflt["num_warps"]
     rowp = perm and bm % (16 * nw) == 0
     if mode == 1:
         amax = torch.empty(nprog, dtype=torch.float32, device=x2.device)
     dummy = x2
-    _rotq_kernel[(nprog,)](
+    fcode = True if fma_codes is None else bool(fma_codes)
+    if mode == 3 and fcode:
+        pk = pk.view(torch.int32)                           # codes packed eight to a word
+    # the NVFP4 cap is for 64-column tiles of bf16/fp16 (wider tiles and float32 would spill)
+    mr = maxnreg or (dflt["maxnreg"] if T <= 64 and small else None)
+    extra = {"maxnreg": mr} if mr and not interp else {}
+    _LAST["kernel"] = _rotq_kernel[(nprog,)](
         x2, mat, out if out is not None else dummy, pk if pk is not None else dummy,
         sb if sb is not None else dummy, amax if amax is not None else dummy, gs if gs is not None else dummy,
         M, K, x2.stride(0), float(plan.scale or 1.0), tiles_k, row_step, iters,
         T=T, G=G, BM=bm, HAS_ROT=has_rot, DOT_LOWP=lowp, POST_SCALE=plan.scale is not None and not fold,
-        MODE=mode, IS_BF16=x2.dtype == torch.bfloat16, IS_NV=is_nv, HW_ROUND=not interp, PERM=perm, ROWP=rowp, NW=nw,
+        MODE=mode, IS_BF16=x2.dtype == torch.bfloat16, IS_NV=is_nv, HW_ROUND=not interp, PERM=perm, ROWP=rowp, NW=nw, FCODE=fcode, EVEN=even,
         MX_MUL=small and not is_nv, NV_FMA=small and is_nv and not interp,
-        STAGES=None if interp else (stages or DEFAULT_LAUNCH["stages"]), ITERS_C=iters if interp else 0, num_warps=nw,
-        enable_fp_fusion=False)
+        STAGES=None if interp else (stages or dflt["stages"]), ITERS_C=iters if interp else 0, num_warps=nw,
+        enable_fp_fusion=False, **extra)
     return amax if mode == 1 else None
 
 
 def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: str = "fake",
                     global_scale=None, plan: RotationPlan | None = None, block_m: int | None = None,
                     num_warps: int | None = None, waves: int | None = None, stages: int | None = None,
-                    mma_order: bool | None = None):
+                    mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None):
     """Fused rotation + FP4 quantization; see the module docstring. ``global_scale`` (NVFP4):
     the fp32 encode scale to use; None computes it from the rotated input (an extra amax pass).
     A float or CPU tensor is checked here (finite, > 0); a CUDA tensor is used as is, without a
     host synchronisation (the engine's global scales are finite and positive by construction).
-    ``block_m``/``num_warps``/``waves``/``stages``: launch overrides (rows per tile, warps,
-    programs per SM, pipeline depth); defaults in ``DEFAULT_LAUNCH``. ``mma_order=False`` turns the
-    matrix-column order of :func:`mma_column_order` off (same results; for benchmarks)."""
+    ``block_m``/``num_warps``/``waves``/``stages``/``maxnreg``: launch overrides (rows per tile,
+    warps, programs per SM, pipeline depth, register cap per thread); defaults in ``DEFAULT_LAUNCH`` (NVFP4 quantization: ``NV_LAUNCH``).
+    For benchmarks (same results either way): ``mma_order=False`` turns the matrix-column order of
+    :func:`mma_column_order` off; ``fma_codes=False`` computes the packed codes with the integer
+    ``e2m1_code`` instead of the multiply-add path (``e2m1_index_f`` + ``pack_codes_f``)."""
     if output not in _OUTPUTS:
         raise ValueError(f"output must be one of {list(_OUTPUTS)}, got {output!r}")
     if output in ("fake", "packed"):
@@ -428,7 +509,8 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     M = x2.shape[0]
-    launch = dict(block_m=block_m, num_warps=num_warps, waves=waves, stages=stages, mma_order=mma_order)
+    launch = dict(block_m=block_m, num_warps=num_warps, waves=waves, stages=stages, mma_order=mma_order, maxnreg=maxnreg,
+                  fma_codes=fma_codes)
     if output == "rotated":
         out = torch.empty_like(x2)
         _launch(x2, plan, spec, 0, out=out, **launch)

@@ -7,10 +7,15 @@ exhaustively (fpq_core/kernels/quant.py explains why they are exact):
 * NVFP4, bf16/fp16 input: Markstein's correction from r = RN(1/s) equals tl.div_rn for every
   input mantissa against every float32 divisor mantissa (2^30 / 2^33 pairs; scaling both by
   powers of two changes nothing away from under/overflow) -- needs the GPU's FMA;
-* the E2M1 rounding by magic-number addition equals the engine's threshold ladder.
+* the E2M1 rounding by magic-number addition equals the engine's threshold ladder, and so does
+  the multiply-add index of the packed path (min of three roundings: a numpy twin over every
+  float32 in [0, 16) under ``-m slow``, a sample of it by default);
+* the packed path's bit 3 (negative or rounds to zero) from y and the group scale, without the
+  quotient (NVFP4, GPU).
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -77,7 +82,9 @@ try:
     import triton
     import triton.language as tl
 
-    from fpq_core.kernels._common import div6_f64, div_markstein, e2m1, e2m1_code, e2m1_round
+    from fpq_core.kernels._common import (div6_f64, div_markstein, e2m1, e2m1_code, e2m1_index_f, e2m1_round,
+                                         e4m3_byte, e4m3_value, nv_group_e4m3, nv_group_e4m3_hw, nv_small_f, nv_small_scale,
+                                         nv_small_threshold, small_f)
 except ImportError:      # CPU-only install: the two Triton tests below skip
     triton = None
 
@@ -105,7 +112,7 @@ if triton is not None:
         tl.atomic_add(bad_ptr, tl.sum(nbad, axis=0))
 
     @triton.jit
-    def _e2m1_check(q_ptr, out_ptr, N, BLOCK: tl.constexpr):
+    def _e2m1_check(q_ptr, out_ptr, N, BLOCK: tl.constexpr, HW: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         m = offs < N
         q = tl.load(q_ptr + offs, mask=m, other=0.0)
@@ -115,7 +122,36 @@ if triton is not None:
         ok = (tl.minimum(rr, 6.0) == tl.abs(val)) & (e2m1_code(q, q, True) == packed)
         # without saturation: the kernel guarantees |q| < 7 (MX) -- checked there only
         ok = ok & ((tl.abs(q) >= 7.0) | (e2m1_code(q, q, False) == packed))
+        # the multiply-add path: 2^23 + code as a float
+        z = small_f(q, HW)
+        f_sat = tl.fma(z, 8.0, e2m1_index_f(tl.abs(q), True)).to(tl.int32, bitcast=True) - 0x4B000000
+        f_raw = tl.fma(z, 8.0, e2m1_index_f(tl.abs(q), False)).to(tl.int32, bitcast=True) - 0x4B000000
+        ok = ok & (f_sat == packed) & ((tl.abs(q) >= 7.0) | (f_raw == packed))
         tl.store(out_ptr + offs, ok.to(tl.int8), mask=m)
+
+    @triton.jit
+    def _nv_e4m3_check(a_ptr, g, out_ptr, N, BLOCK: tl.constexpr):
+        # out: [ref value, hw value, ref byte, hw byte] per amax
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < N
+        amax = tl.load(a_ptr + offs, mask=m, other=0.0)
+        ref = nv_group_e4m3(amax, g, True)                   # the float64 rule
+        hw = nv_group_e4m3_hw(amax, g).to(tl.uint8, bitcast=True).to(tl.int32)
+        tl.store(out_ptr + offs, ref, mask=m)
+        tl.store(out_ptr + N + offs, e4m3_value(hw), mask=m)
+        tl.store(out_ptr + 2 * N + offs, e4m3_byte(ref).to(tl.float32), mask=m)
+        tl.store(out_ptr + 3 * N + offs, hw.to(tl.float32), mask=m)
+
+    @triton.jit
+    def _nv_small_check(y_ptr, s_ptr, g, out_ptr, N, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < N
+        y = tl.load(y_ptr + offs, mask=m, other=0.0)
+        s = tl.load(s_ptr + offs, mask=m, other=1.0)
+        kz = nv_small_scale(g)
+        z = nv_small_f(y, nv_small_threshold(s, kz), kz)
+        want = tl.div_rn(y, s) <= 0.25
+        tl.store(out_ptr + offs, ((z == 1.0) == want).to(tl.int8) & ((z == 0.0) | (z == 1.0)).to(tl.int8), mask=m)
 
     @triton.jit
     def _e2m1_nan_check(y_ptr, out_ptr, BLOCK: tl.constexpr):
@@ -163,8 +199,8 @@ def test_mx_scale_without_float64_division():
 
 @pytest.mark.gpu
 def test_e2m1_magic_rounding_equals_ladder(dev):
-    """e2m1_round and the packed code e2m1_code (with and without saturation) against the
-    threshold ladder e2m1, zeros stored as 0x8."""
+    """e2m1_round, the packed code e2m1_code and the multiply-add path (small_f + e2m1_index_f),
+    with and without saturation, against the threshold ladder e2m1, zeros stored as 0x8."""
     # every bf16 value in [0, 16) plus each threshold and its float32 neighbours
     q = _all_positive(torch.bfloat16)
     q = q[q < 16.0]
@@ -177,7 +213,7 @@ def test_e2m1_magic_rounding_equals_ladder(dev):
     q = torch.cat([torch.zeros(1), torch.tensor([-0.0]), q, near, big, -q, -near, -big]).to(dev)
     out = torch.empty(q.numel(), dtype=torch.int8, device=dev)
     block = 1024
-    _e2m1_check[((q.numel() + block - 1) // block,)](q, out, q.numel(), BLOCK=block)
+    _e2m1_check[((q.numel() + block - 1) // block,)](q, out, q.numel(), BLOCK=block, HW=not interp())
     assert bool(out.bool().all()), q[~out.bool()][:8].tolist()
 
 
@@ -190,3 +226,96 @@ def test_e2m1_code_of_a_nan_quotient_saturates_with_the_inputs_sign(dev):
     out = torch.empty(4, dtype=torch.int32, device=dev)
     _e2m1_nan_check[(1,)](y, out, BLOCK=4)
     assert out.tolist() == [7, 15, 7, 15]
+
+
+def _e2m1_ladder_np(m):
+    return ((m > 0.25).astype(np.int32) + (m >= 0.75) + (m > 1.25) + (m >= 1.75) + (m > 2.5) + (m >= 3.5)
+            + (m > 5.0))
+
+
+def _e2m1_index_np(m, sat):
+    """numpy twin of e2m1_index_f: float32 adds of exact products are the FFMAs' one rounding."""
+    f32 = np.float32
+    with np.errstate(over="ignore", invalid="ignore"):
+        a = np.fmin(np.fmin(m * f32(2) + f32(2 ** 23), m + f32(2 ** 23 + 2)), m * f32(0.5) + f32(2 ** 23 + 4))
+        if sat:
+            a = np.fmin(a, f32(2 ** 23 + 7))
+    return a.view(np.int32) - 0x4B000000
+
+
+def _check_index_rule(bits_lo, bits_hi, stride):
+    bad = 0
+    for lo in range(bits_lo, bits_hi, 1 << 25):
+        m = np.arange(lo, min(lo + (1 << 25), bits_hi), stride, dtype=np.int64).astype(np.uint32).view(np.float32)
+        ref = _e2m1_ladder_np(m)
+        bad += int((_e2m1_index_np(m, True) != np.minimum(ref, 7)).sum())
+        raw = m < 7
+        bad += int((_e2m1_index_np(m[raw], False) != ref[raw]).sum())
+    return bad
+
+
+def test_e2m1_multiply_add_index_sampled():
+    """The min-of-three rule against the ladder: every float32 within 2^16 ulps of each threshold
+    (and of 2, 4, 6, 7, 8, the binade edges), a stride-101 sample of [0, 16), and huge/inf/NaN
+    with saturation."""
+    edges = [0.25, 0.75, 1.0, 1.25, 1.75, 2.0, 2.5, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0]
+    bad = sum(_check_index_rule(int(np.float32(e).view(np.int32)) - (1 << 16),
+                                int(np.float32(e).view(np.int32)) + (1 << 16), 1) for e in edges)
+    bad += _check_index_rule(0, int(np.float32(16.0).view(np.int32)), 101)
+    huge = np.array([16, 1e10, 3e38, np.inf, np.nan, 6.0000005, 7, 7.999, 8, 100], dtype=np.float32)
+    assert bad == 0
+    assert _e2m1_index_np(huge, True).tolist() == [7] * len(huge)
+
+
+@pytest.mark.slow
+def test_e2m1_multiply_add_index_every_float32_below_16():
+    assert _check_index_rule(0, int(np.float32(16.0).view(np.int32)), 1) == 0
+
+
+@pytest.mark.gpu
+def test_nv_small_flag_from_y_and_scale(dev):
+    """nv_small_f (one FFMA.SAT per element) == (div_rn(y, s) <= 0.25) for group scales of given
+    global scales 2^-40 .. 2^40 (every E4M3 value e, s = fl32(e/g), and s = 1), against every bf16
+    and fp16 y in [s/16, s] of both signs, plus zeros and values that overflow y * kz."""
+    if kernel_device() != "cuda":
+        pytest.skip("fma.rm / fma.sat inline assembly: GPU only (the kernel uses it on the GPU only)")
+    from fpq_core.formats.scales import e4m3_decode
+    e = e4m3_decode(torch.arange(1, 0x7F, dtype=torch.uint8))      # every positive finite E4M3 value
+    ys = torch.cat([_all_positive(torch.bfloat16), _all_positive(torch.float16)]).cuda()
+    for lg in (-40, -17, -9, -3, 0, 2, 7, 11, 15, 23, 40):
+        for gm in (1.0, 1.37):
+            g = torch.tensor(2.0 ** lg * gm, dtype=torch.float32)
+            s_all = torch.cat([(e.double() / g.double()).float(), torch.ones(1)]).cuda()
+            for s in s_all[:: max(1, s_all.numel() // 24)]:
+                y = ys[(ys >= s / 16) & (ys <= s)]
+                y = torch.cat([y, -y, torch.tensor([0.0, -0.0, 3.0e38, -3.0e38, 1e-40, -1e-40], device="cuda")])
+                sv = s.expand(y.numel()).contiguous()
+                out = torch.empty(y.numel(), dtype=torch.int8, device="cuda")
+                _nv_small_check[((y.numel() + 1023) // 1024,)](y, sv, g.item(), out, y.numel(), BLOCK=1024,
+                                                               enable_fp_fusion=False)
+                assert bool(out.bool().all()), (lg, gm, s.item(), y[~out.bool()][:6].tolist())
+
+
+@pytest.mark.gpu
+def test_nv_group_scale_rounding_to_odd_equals_float64_rule(dev):
+    """nv_group_e4m3_hw (float64 -> float32 rounded to odd, then the hardware E4M3 cast) gives the
+    float64 rule's E4M3 byte, and e4m3_value of that byte its value, for every positive bf16 and
+    fp16 amax and global scales across the fast path's range (groups on E4M3 ties, subnormals,
+    448). One thread holds one value here: the pairwise cast's partner is undefined."""
+    if kernel_device() != "cuda":
+        pytest.skip("inline PTX conversion: GPU only (the kernel uses it on the GPU only)")
+    a = torch.cat([_all_positive(torch.bfloat16), _all_positive(torch.float16), torch.zeros(1)]).cuda()
+    n = a.numel()
+    out = torch.empty(4 * n, dtype=torch.float32, device="cuda")
+    gs = [2.0 ** k * f for k in range(-40, 41, 3) for f in (1.0, 1.5, 1.3333333, 1.0000001)] + [6.0, 12.0, 448 * 6.0]
+    fails = []
+    for g in gs:
+        g32 = float(torch.tensor(g, dtype=torch.float32))
+        _nv_e4m3_check[((n + 127) // 128,)](a, g32, out, n, BLOCK=128, enable_fp_fusion=False)
+        ref, hw, rb, hb = out.view(4, n)
+        bad = (ref != hw) | (rb != hb)
+        if bool(bad.any()):
+            i = bad.nonzero()[:4, 0]
+            fails.append((g32, int(bad.sum()), [(a[j].item(), ref[j].item(), hw[j].item(), rb[j].item(), hb[j].item())
+                                                for j in i.tolist()]))
+    assert not fails, fails[:6]

@@ -169,7 +169,28 @@ def test_launch_configurations_give_the_same_bytes(dev, name):
     ref = rotate_quantize(x, spec, t, "packed", global_scale=gs)
     fake = rotate_quantize(x, spec, t, "fake", global_scale=gs)
     for kw in (dict(waves=1), dict(waves=2), dict(block_m=128, num_warps=8), dict(block_m=32),
-               dict(mma_order=False), dict(stages=2, waves=3)):
+               dict(mma_order=False), dict(stages=2, waves=3), dict(maxnreg=72), dict(fma_codes=False)):
         pk, sb, _ = rotate_quantize(x, spec, t, "packed", global_scale=gs, **kw)
         assert torch.equal(pk, ref[0]) and torch.equal(sb, ref[1]), kw
         assert torch.equal(_bits(rotate_quantize(x, spec, t, "fake", global_scale=gs, **kw)), _bits(fake)), kw
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_whole_row_blocks_run_without_masks(dev, name):
+    """M a multiple of the row block and a walk stride that divides the row blocks: the kernel's
+    unmasked variant (``EVEN``) -- same bytes as the engine given the rotation, for several strides."""
+    from fpq_core.formats.quantize import quantize
+    from fpq_core.kernels.quant import _row_stride, rotate_quantize
+    from fpq_core.transforms import get_transform
+    spec = _spec(name)
+    t = get_transform("hadamard", size=spec.group_size)
+    x = _x(256, 64 * 6, torch.bfloat16, dev, seed=5)
+    assert _row_stride(4, 4, True) == (4, True) and _row_stride(4, 3, True) == (2, True)
+    assert _row_stride(5, 4, False)[1] is False
+    qt = quantize(rotate_quantize(x, spec, t, "rotated"), spec, global_scale=None)
+    gs = qt.global_scale if name == "nvfp4" else None
+    rp, rs = qt.pack()
+    for kw in (dict(), dict(waves=1), dict(block_m=32), dict(block_m=128, num_warps=8)):
+        pk, sb, _ = rotate_quantize(x, spec, t, "packed", global_scale=gs, **kw)
+        assert torch.equal(pk, rp) and torch.equal(sb, rs), kw
+        assert torch.equal(_bits(rotate_quantize(x, spec, t, "fake", global_scale=gs, **kw)), _bits(qt.dequantize())), kw
