@@ -126,7 +126,7 @@ def nv_scale_fast(amax, g, rg, zero_byte):
       far inside E4M3's spacing (>= 2^-4 relative for normals, 2^-9 absolute for subnormals),
       so the engine's RNE_e4m3(min(s*g, 448)) is e itself; the hardware cast then gives its
       byte (exact: e is an E4M3 value)."""
-    b = nv_group_e4m3_hw(amax, g).to(tl.uint8, bitcast=True).to(tl.int32)
+    b = nv_group_e4m3_hw(amax, g)
     e = e4m3_value(b)
     s = div_markstein(e, g, rg)
     s = tl.where(s == 0.0, 1.0, s)
@@ -139,15 +139,13 @@ def e4m3_value(b):
     """The value of E4M3 byte b (int32, 0..0x7E) as float32: b << 20 read as float32 bits has b's
     exponent field and mantissa in place, so it is 2^(E-127) (1 + m/8) for E >= 1 and the float32
     subnormal m 2^-129 for E = 0; times 2^120 (exact) that is 2^(E-7) (1 + m/8), resp. m 2^-9.
-    (Not Triton's float8 -> float32 cast: where a thread holds an odd number of values, the
-    pairwise conversion reads an undefined partner, and ptxas was seen to return garbage for the
-    defined half too.)"""
+    (Not Triton's float8 -> float32 cast: see :func:`e4m3_byte_hw`.)"""
     return (b << 20).to(tl.float32, bitcast=True) * 1.329227995784916e+36
 
 
 @triton.jit
 def nv_group_e4m3_hw(amax, g):
-    """:func:`nv_group_e4m3` with the E4M3 rounding in hardware (GPU only), as a float8e4nv:
+    """:func:`nv_group_e4m3` with the E4M3 rounding in hardware (GPU only), as its byte (int32):
     t = min(fl64(fl64(amax/6) g), 448) is rounded to float32 *to odd* (truncate, then set the
     last bit if that was inexact) and the float32 to E4M3 cast (round to nearest even) follows.
     Rounding to odd with at least two more bits than the target makes the second rounding
@@ -156,7 +154,18 @@ def nv_group_e4m3_hw(amax, g):
     t = tl.minimum(div6_f64(amax.to(tl.float64), True) * g.to(tl.float64), 448.0)
     f = tl.inline_asm_elementwise("cvt.rz.f32.f64 $0, $1;", "=f,d", [t], dtype=tl.float32, is_pure=True, pack=1)
     fo = (f.to(tl.int32, bitcast=True) | (f.to(tl.float64) != t).to(tl.int32)).to(tl.float32, bitcast=True)
-    return fo.to(tl.float8e4nv)
+    return e4m3_byte_hw(fo)
+
+
+@triton.jit
+def e4m3_byte_hw(v):
+    """E4M3 byte (int32) of RNE(v) for float32 v >= 0, by the hardware cast (saturating at 448).
+    Not Triton's float8 cast: that converts values in pairs, and where a thread holds an odd
+    number of them the partner is an undefined register -- ptxas was seen to return garbage for
+    the defined half too. Here both halves of the pair are v."""
+    h = tl.inline_asm_elementwise("{ .reg .b16 h; cvt.rn.satfinite.e4m3x2.f32 h, $1, $1; cvt.u32.u16 $0, h; }",
+                                  "=r,f", [v], dtype=tl.int32, is_pure=True, pack=1)
+    return h & 0xFF
 
 
 @triton.jit
