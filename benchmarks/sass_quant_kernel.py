@@ -1,0 +1,157 @@
+"""Instruction counts of the fused quant kernel's main loop, from its sm_90 SASS -- no GPU needed.
+
+Compiles ``fpq_core.kernels.quant._rotq_kernel`` for sm_90 with Triton (``triton.compile`` on an
+``ASTSource`` with ``GPUTarget("cuda", 90, 32)``), disassembles it with the ``cuobjdump`` that
+ships with Triton, takes the longest backward branch as the loop over row blocks and counts its
+instructions by opcode and by the pipe that issues them on sm_90: ``int`` (integer/compare/select
+pipe: LOP3, IADD3, SHF, LEA, SEL, FSEL, FMNMX, FSETP, ISETP, PRMT, ... -- 16 lanes per scheduler,
+half the issue rate of FFMA), ``fma`` (FFMA/FMUL/FADD/IMAD/...), ``xu`` (conversions, MUFU),
+``fp64``, ``mem``, ``other``.
+
+The NVFP4 loop holds the fast path and the exact-division fallback of the global-scale range
+check; ``--hot`` counts the fast path alone by compiling a copy of the module in which that
+check is ``True`` and the fallback removed (the kernel itself is not changed).
+
+    python benchmarks/sass_quant_kernel.py [--hot] [--out DIR]
+
+Prints one row per configuration (format, packed-code path on/off, unmasked variant on/off) and
+writes OUT/sass_quant_kernel.json. Instructions per element = loop instructions / (BM*T/threads).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import write_json  # noqa: E402
+
+PIPES = {
+    "int": ("LOP3", "IADD3", "SHF", "LEA", "SEL", "FSEL", "FMNMX", "FSETP", "ISETP", "PRMT", "VIADD", "VIMNMX",
+            "PLOP3", "IABS", "BMSK", "SGXT", "POPC", "FLO", "BREV", "LOP", "IMNMX", "ICMP"),
+    "fma": ("FFMA", "FMUL", "FADD", "IMAD", "HFMA2", "HADD2", "HMUL2", "FSWZADD", "MOV", "IMUL"),
+    "xu": ("F2F", "F2I", "I2F", "MUFU", "F2FP", "FRND", "I2FP", "F2IP"),
+    "fp64": ("DFMA", "DMUL", "DADD", "DSETP", "DMNMX"),
+    "mem": ("LDG", "STG", "LDS", "STS", "LDGSTS", "LDSM", "STSM", "LDC", "ULDC", "LDL", "STL", "ATOMG", "RED"),
+}
+_RANGE_CHECK = "            if (g >= 9.094947017729282e-13) & (g <= 1099511627776.0):\n"
+
+
+def _pipe(op: str) -> str:
+    for name, ops in PIPES.items():
+        if op in ops:
+            return name
+    return "other"
+
+
+def _hot_module():
+    """A copy of fpq_core.kernels.quant whose NVFP4 global-scale check is always true."""
+    import fpq_core.kernels.quant as q
+    src = Path(q.__file__).read_text()
+    if _RANGE_CHECK not in src:
+        raise SystemExit("the global-scale range check was not found in quant.py; update _RANGE_CHECK")
+    a = src.index(_RANGE_CHECK)
+    b = src.index("            else:\n                s, sbyte = nv_scale(amax, g, True)", a)
+    end_marker = "                    z = 0.0\n"
+    e = src.index(end_marker, src.index("z = small_f(q, HW_ROUND)", b)) + len(end_marker)
+    src = src[:a] + "            if True:\n" + src[a + len(_RANGE_CHECK):b] + src[e:]
+    src = src.replace("from ._common import", "from fpq_core.kernels._common import")
+    d = tempfile.mkdtemp()
+    path = Path(d) / "quant_hot.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("fpq_quant_hot", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _sass(kernel, constexprs: dict, num_warps: int, maxnreg: int | None) -> str:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    sig = {"x_ptr": "*bf16", "m_ptr": "*bf16", "out_ptr": "*bf16", "pk_ptr": "*i32" if constexprs["FCODE"] else "*u8",
+           "sb_ptr": "*u8", "amax_ptr": "*fp32", "gs_ptr": "*fp32", "M": "i32", "K": "i32", "stride_xm": "i32",
+           "rot_scale": "fp32", "tiles_k": "i32", "row_step": "i32", "iters": "i32"}
+    names = list(sig)
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in
+             ("x_ptr", "m_ptr", "out_ptr", "pk_ptr", "sb_ptr", "amax_ptr", "gs_ptr", "M", "K", "stride_xm")}
+    sig.update({k: "constexpr" for k in constexprs})
+    opts = {"num_warps": num_warps, "enable_fp_fusion": False}
+    if maxnreg:
+        opts["maxnreg"] = maxnreg
+    k = triton.compile(ASTSource(kernel, sig, constexprs=constexprs, attrs=attrs),
+                       target=GPUTarget("cuda", 90, 32), options=opts)
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(k.asm["cubin"])
+    try:
+        return subprocess.run([str(tool), "-sass", f.name], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(f.name)
+
+
+def loop_counts(sass: str) -> collections.Counter:
+    """Opcode counts of the longest backward branch's body (the loop over row blocks)."""
+    ins = []
+    for line in sass.splitlines():
+        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_.]+)(.*)", line)
+        if m:
+            ins.append((int(m.group(1), 16), m.group(3).split(".")[0], m.group(4)))
+    loops = []
+    for addr, op, rest in ins:
+        t = re.search(r"0x([0-9a-f]+)", rest) if op == "BRA" else None
+        if t and int(t.group(1), 16) < addr:
+            loops.append((int(t.group(1), 16), addr))
+    if not loops:
+        raise SystemExit("no loop found in the SASS")
+    lo, hi = max(loops, key=lambda p: p[1] - p[0])
+    return collections.Counter(op for addr, op, _ in ins if lo <= addr <= hi)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--hot", action="store_true", help="NVFP4: count the fast path alone (see the module docstring)")
+    a = ap.parse_args(argv)
+    if a.hot:
+        kernel = _hot_module()._rotq_kernel
+    else:
+        from fpq_core.kernels.quant import _rotq_kernel as kernel
+    from fpq_core.kernels.quant import DEFAULT_LAUNCH, NV_LAUNCH
+    rows = []
+    for fmt in ("mxfp4", "nvfp4"):
+        nv = fmt == "nvfp4"
+        launch = NV_LAUNCH if nv else DEFAULT_LAUNCH
+        bm, nw, T = launch["block_m"], launch["num_warps"], 64
+        for fcode in (True, False):
+            for even in (True, False):
+                c = dict(T=T, G=16 if nv else 32, BM=bm, HAS_ROT=True, DOT_LOWP=True, POST_SCALE=not nv, MODE=3,
+                         IS_NV=nv, IS_BF16=True, HW_ROUND=True, MX_MUL=not nv, NV_FMA=nv, PERM=True, ROWP=True,
+                         NW=nw, FCODE=fcode, EVEN=even, STAGES=launch["stages"], ITERS_C=0)
+                cnt = loop_counts(_sass(kernel, c, nw, launch["maxnreg"]))
+                pipes = collections.Counter()
+                for op, n in cnt.items():
+                    pipes[_pipe(op)] += n
+                total = sum(cnt.values())
+                per = bm * T / (32 * nw)
+                r = {"fmt": fmt, "rot": 16 if nv else 32, "fma_codes": fcode, "even": even, "hot_only": a.hot,
+                     "loop_instructions": total, "per_element": total / per, "pipes": dict(pipes),
+                     "opcodes": dict(cnt.most_common())}
+                rows.append(r)
+                print(f"{fmt} had{r['rot']} fma_codes={fcode!s:5} even={even!s:5}: {total:4d} loop instructions "
+                      f"({total / per:5.2f}/element); int pipe {pipes['int']}, fma pipe {pipes['fma']}, "
+                      f"xu {pipes['xu']}, fp64 {pipes['fp64']}", flush=True)
+    write_json(a.out, "sass_quant_kernel" + ("_hot" if a.hot else ""),
+               {"device": {"gpu": "none (sm_90 SASS compiled on the CPU)"}, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
