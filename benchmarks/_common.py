@@ -143,6 +143,15 @@ def soft(results: list, name: str, fn, *a, **kw):
             torch.cuda.empty_cache()
 
 
+def add_fp_quant_check_args(ap) -> None:
+    """The arguments the two fp-quant comparison scripts share (output folder, calibration size,
+    formats)."""
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--calib", type=int, default=16)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--formats", default="mxfp,nvfp")
+
+
 def write_json(out: str | Path, name: str, payload: dict) -> Path:
     p = Path(out)
     p.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from benchmarks._common import add_fp_quant_check_args  # noqa: E402
+
 PROMPTS = ["The capital of France is", "1 2 3 4", "Quantization of large language models"]
 
 
@@ -105,10 +107,7 @@ def run_format(fmt: str, out: Path, calib: int, seq_len: int, dev: str = "cuda")
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--calib", type=int, default=16)
-    ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--formats", default="mxfp,nvfp")
+    add_fp_quant_check_args(ap)
     ap.add_argument("--device", default="cuda", help="cpu: dry run of our half only")
     a = ap.parse_args(argv)
     out = Path(a.out)

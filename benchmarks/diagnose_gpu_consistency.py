@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from benchmarks._common import add_fp_quant_check_args  # noqa: E402
+
 PROMPTS = ["The capital of France is", "1 2 3 4 5", "Quantization of large language models is"]
 TIES = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)
 
@@ -147,10 +149,7 @@ def run(fmt: str, out: Path, calib: int, seq_len: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--calib", type=int, default=16)
-    ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--formats", default="mxfp,nvfp")
+    add_fp_quant_check_args(ap)
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
