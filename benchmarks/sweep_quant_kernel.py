@@ -11,9 +11,10 @@ config per case is printed (DEFAULT_LAUNCH in fpq_core/kernels/quant.py comes fr
                                                       [--formats mxfp4,nvfp4] [--tag NAME]
 
 ``--grid occupancy``: 64-column tiles, 4 warps; rows 32/64, stages 2/3, maxnreg none/96/80/72
-(NVFP4; MXFP4 needs fewer than 64 registers, so none/56 there), waves 4/6/8/12/16. Each row records
+(NVFP4; MXFP4 needs fewer than 64 registers, so none/56 there; none = 0), waves 4/6/8/12/16. Each row records
 the compiled kernel's registers, spills and shared memory. ``--grid codes``: the default tile with
 the packed codes from the integer path (``fma_codes=False``) and the multiply-add path, same run.
+``--grid regcap``: the default launch with register caps none (0)/96/88/80 (NVFP4).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--quick", action="store_true", help="same as --grid quick")
-    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes"), default=None)
+    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap"), default=None)
     ap.add_argument("--cases", default="a_8192x14336,w_4096x4096",
                     help=f"comma-separated, from {','.join(SHAPES)}")
     ap.add_argument("--formats", default="mxfp4,nvfp4")
@@ -87,7 +88,7 @@ def main(argv=None):
                     if best is None or gbps > best["GBps"]:
                         best = r
             keys = ("case", "fmt", "rot", "block_m", "tile", "num_warps", "stages", "maxnreg", "fma_codes", "waves")
-            if grid_name not in ("occupancy", "codes"):
+            if grid_name not in ("occupancy", "codes", "regcap"):
                 # the same best launch without the matrix-column order (ablation, same run)
                 kw = dict(global_scale=g, plan=make_plan(t, K, spec.group_size, tile=best["tile"]),
                           **{k: best[k] for k in ("block_m", "num_warps", "stages", "waves", "maxnreg", "fma_codes")},
@@ -113,11 +114,14 @@ def main(argv=None):
 
 def _grid(name: str, fmt: str):
     """(block_m, tile, num_warps, stages, maxnreg, fma_codes, waves list) per config of a named grid."""
+    if name == "regcap":
+        caps = (0, 96, 88, 80) if fmt == "nvfp4" else (0,)      # 0: no cap
+        return [(64, 64, 4, 3, mr, None, (16,)) for mr in caps]
     if name == "codes":
-        caps = (None, 96) if fmt == "nvfp4" else (None,)
+        caps = (0, 96) if fmt == "nvfp4" else (0,)
         return [(64, 64, 4, 3, mr, fc, (8, 16)) for fc, mr in itertools.product((False, True), caps)]
     if name == "occupancy":
-        caps = (None, 96, 80, 72) if fmt == "nvfp4" else (None, 56)
+        caps = (0, 96, 80, 72) if fmt == "nvfp4" else (0, 56)        # 0: no cap
         return [(bm, 64, 4, st, mr, None, (4, 6, 8, 12, 16)) for bm, st, mr in itertools.product((32, 64), (2, 3), caps)]
     if name == "quick":
         return [(bm, tile, nw, st, None, None, (4, 8, 16))

@@ -467,8 +467,9 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
     fcode = True if fma_codes is None else bool(fma_codes)
     if mode == 3 and fcode:
         pk = pk.view(torch.int32)                           # codes packed eight to a word
-    # the NVFP4 cap is for 64-column tiles of bf16/fp16 (wider tiles and float32 would spill)
-    mr = maxnreg or (dflt["maxnreg"] if T <= 64 and small else None)
+    # the NVFP4 cap is for 64-column tiles of bf16/fp16 (wider tiles and float32 would spill);
+    # maxnreg=0: no cap (the compiler's choice)
+    mr = (dflt["maxnreg"] if T <= 64 and small else None) if maxnreg is None else (maxnreg or None)
     extra = {"maxnreg": mr} if mr and not interp else {}
     _LAST["kernel"] = _rotq_kernel[(nprog,)](
         x2, mat, out if out is not None else dummy, pk if pk is not None else dummy,
@@ -491,7 +492,8 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
     A float or CPU tensor is checked here (finite, > 0); a CUDA tensor is used as is, without a
     host synchronisation (the engine's global scales are finite and positive by construction).
     ``block_m``/``num_warps``/``waves``/``stages``/``maxnreg``: launch overrides (rows per tile,
-    warps, programs per SM, pipeline depth, register cap per thread); defaults in ``DEFAULT_LAUNCH`` (NVFP4 quantization: ``NV_LAUNCH``).
+    warps, programs per SM, pipeline depth, register cap per thread, 0 = no cap); defaults in
+    ``DEFAULT_LAUNCH`` (NVFP4 quantization: ``NV_LAUNCH``).
     For benchmarks (same results either way): ``mma_order=False`` turns the matrix-column order of
     :func:`mma_column_order` off; ``fma_codes=False`` computes the packed codes with the integer
     ``e2m1_code`` instead of the multiply-add path (``e2m1_index_f`` + ``pack_codes_f``)."""
