@@ -1,0 +1,41 @@
+"""The SASS instruction-count tool of the quant kernel (benchmarks/sass_quant_kernel.py) on the
+CPU: it needs triton (and the cuobjdump it ships), no GPU. It checks the tool still finds the
+loop and its NVFP4 fast path (the source transformation it applies), and the design claim the
+packed-code path rests on: the multiply-add codes move work off the integer/compare pipe."""
+from __future__ import annotations
+
+import collections
+import os
+
+import pytest
+
+triton = pytest.importorskip("triton")
+if os.environ.get("TRITON_INTERPRET") == "1":
+    pytest.skip("Triton's interpreter mode replaces the kernels by interpreted functions: nothing to compile",
+                allow_module_level=True)
+
+
+def _counts(kernel, nv: bool, fcode: bool):
+    from benchmarks.sass_quant_kernel import _pipe, _sass, loop_counts
+    c = dict(T=64, G=16 if nv else 32, BM=64, HAS_ROT=True, DOT_LOWP=True, POST_SCALE=not nv, MODE=3, IS_NV=nv,
+             IS_BF16=True, HW_ROUND=True, MX_MUL=not nv, NV_FMA=nv, PERM=True, ROWP=True, NW=4, FCODE=fcode,
+             EVEN=True, STAGES=3, ITERS_C=0)
+    try:
+        cnt = loop_counts(_sass(kernel, c, 4, 96 if nv else None))
+    except FileNotFoundError as e:          # a triton without its bundled cuobjdump
+        pytest.skip(f"cuobjdump not found: {e}")
+    pipes = collections.Counter()
+    for op, n in cnt.items():
+        pipes[_pipe(op)] += n
+    return sum(cnt.values()), pipes
+
+
+@pytest.mark.parametrize("nv", [False, True])
+def test_fma_codes_take_work_off_the_integer_pipe(nv):
+    from benchmarks.sass_quant_kernel import _hot_module
+    kernel = _hot_module()._rotq_kernel
+    total_f, pipes_f = _counts(kernel, nv, True)
+    total_i, pipes_i = _counts(kernel, nv, False)
+    assert total_f > 0 and total_i > 0
+    assert pipes_f["int"] < 0.75 * pipes_i["int"], (pipes_f, pipes_i)
+    assert pipes_f["fma"] > pipes_i["fma"]
