@@ -116,6 +116,23 @@ def loop_counts(sass: str) -> collections.Counter:
     return collections.Counter(op for addr, op, _ in ins if lo <= addr <= hi)
 
 
+def count_loop(kernel, fmt: str, fma_codes: bool = True, even: bool = True):
+    """(loop opcode counts, counts by pipe, elements per thread per tile) of ``kernel`` compiled
+    for packed bf16 output with a 64-column tile and the format's default launch."""
+    from fpq_core.kernels.quant import DEFAULT_LAUNCH, NV_LAUNCH
+    nv = fmt == "nvfp4"
+    launch = NV_LAUNCH if nv else DEFAULT_LAUNCH
+    bm, nw, T = launch["block_m"], launch["num_warps"], 64
+    c = dict(T=T, G=16 if nv else 32, BM=bm, HAS_ROT=True, DOT_LOWP=True, POST_SCALE=not nv, MODE=3,
+             IS_NV=nv, IS_BF16=True, HW_ROUND=True, MX_MUL=not nv, NV_FMA=nv, PERM=True, ROWP=True,
+             NW=nw, FCODE=fma_codes, EVEN=even, STAGES=launch["stages"], ITERS_C=0)
+    cnt = loop_counts(_sass(kernel, c, nw, launch["maxnreg"]))
+    pipes = collections.Counter()
+    for op, n in cnt.items():
+        pipes[_pipe(op)] += n
+    return cnt, pipes, bm * T / (32 * nw)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
@@ -125,23 +142,13 @@ def main(argv=None):
         kernel = _hot_module()._rotq_kernel
     else:
         from fpq_core.kernels.quant import _rotq_kernel as kernel
-    from fpq_core.kernels.quant import DEFAULT_LAUNCH, NV_LAUNCH
     rows = []
     for fmt in ("mxfp4", "nvfp4"):
         nv = fmt == "nvfp4"
-        launch = NV_LAUNCH if nv else DEFAULT_LAUNCH
-        bm, nw, T = launch["block_m"], launch["num_warps"], 64
         for fcode in (True, False):
             for even in (True, False):
-                c = dict(T=T, G=16 if nv else 32, BM=bm, HAS_ROT=True, DOT_LOWP=True, POST_SCALE=not nv, MODE=3,
-                         IS_NV=nv, IS_BF16=True, HW_ROUND=True, MX_MUL=not nv, NV_FMA=nv, PERM=True, ROWP=True,
-                         NW=nw, FCODE=fcode, EVEN=even, STAGES=launch["stages"], ITERS_C=0)
-                cnt = loop_counts(_sass(kernel, c, nw, launch["maxnreg"]))
-                pipes = collections.Counter()
-                for op, n in cnt.items():
-                    pipes[_pipe(op)] += n
+                cnt, pipes, per = count_loop(kernel, fmt, fcode, even)
                 total = sum(cnt.values())
-                per = bm * T / (32 * nw)
                 r = {"fmt": fmt, "rot": 16 if nv else 32, "fma_codes": fcode, "even": even, "hot_only": a.hot,
                      "loop_instructions": total, "per_element": total / per, "pipes": dict(pipes),
                      "opcodes": dict(cnt.most_common())}

@@ -4,7 +4,6 @@ loop and its NVFP4 fast path (the source transformation it applies), and the des
 packed-code path rests on: the multiply-add codes move work off the integer/compare pipe."""
 from __future__ import annotations
 
-import collections
 import os
 
 import pytest
@@ -16,17 +15,11 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 
 
 def _counts(kernel, nv: bool, fcode: bool):
-    from benchmarks.sass_quant_kernel import _pipe, _sass, loop_counts
-    c = dict(T=64, G=16 if nv else 32, BM=64, HAS_ROT=True, DOT_LOWP=True, POST_SCALE=not nv, MODE=3, IS_NV=nv,
-             IS_BF16=True, HW_ROUND=True, MX_MUL=not nv, NV_FMA=nv, PERM=True, ROWP=True, NW=4, FCODE=fcode,
-             EVEN=True, STAGES=3, ITERS_C=0)
+    from benchmarks.sass_quant_kernel import count_loop
     try:
-        cnt = loop_counts(_sass(kernel, c, 4, 96 if nv else None))
+        cnt, pipes, _ = count_loop(kernel, "nvfp4" if nv else "mxfp4", fma_codes=fcode)
     except FileNotFoundError as e:          # a triton without its bundled cuobjdump
         pytest.skip(f"cuobjdump not found: {e}")
-    pipes = collections.Counter()
-    for op, n in cnt.items():
-        pipes[_pipe(op)] += n
     return sum(cnt.values()), pipes
 
 
