@@ -89,13 +89,19 @@ def _timeline_module():
     return mod
 
 
-def parse_cases(text: str) -> list[tuple[int, int, str, int]]:
+def parse_cases(text: str) -> list[tuple[int, int, str, int, int | None]]:
+    """``MxK:FMT:ROT[:F2FP]`` items; F2FP 0/1: the kernel's ``f2fp`` option (default: the kernel's)."""
     out = []
     for item in text.split(","):
-        shape, fmt, rot = item.strip().split(":")
+        shape, fmt, rot, *cv = item.strip().split(":")
         m, k = shape.lower().split("x")
-        out.append((int(m), int(k), fmt, int(rot)))
+        out.append((int(m), int(k), fmt, int(rot), bool(int(cv[0])) if cv else None))
     return out
+
+
+def _label(case) -> str:
+    m, k, f, r, cv = case
+    return f"{m}x{k}:{f}:{r}" + (f":{int(cv)}" if cv is not None else "")
 
 
 def _setup(M, K, fmt, rot, n_inputs=3):
@@ -150,28 +156,28 @@ def run_timeline(cases, out: Path) -> list[dict]:
     mod = _timeline_module()
     n_sms = torch.cuda.get_device_properties(0).multi_processor_count
     rows = []
-    for M, K, fmt, rot in cases:
+    for M, K, fmt, rot, cv in cases:
         spec, t, xs, gs, plan = _setup(M, K, fmt, rot)
         gsv = gs if gs is not None else q._const(spec.mx_global_scale, xs[0].device)
         pk = torch.empty(M, K // 2, dtype=torch.uint8, device="cuda")
         sb = torch.empty(M, K // spec.group_size, dtype=torch.uint8, device="cuda")
         buf = torch.zeros(5 * 65536, dtype=torch.int64, device="cuda")
-        ref = q.rotate_quantize(xs[0], spec, t, "packed", global_scale=gs, plan=plan)
+        ref = q.rotate_quantize(xs[0], spec, t, "packed", global_scale=gs, plan=plan, f2fp=False)
         for _ in range(3):
-            mod._launch(xs[0], plan, spec, 3, pk=pk, sb=sb, gs=gsv, amax=buf)
+            mod._launch(xs[0], plan, spec, 3, pk=pk, sb=sb, gs=gsv, amax=buf, f2fp=cv)
         torch.cuda.synchronize()
         buf.zero_()
-        mod._launch(xs[1], plan, spec, 3, pk=pk, sb=sb, gs=gsv, amax=buf)
-        mod._launch(xs[0], plan, spec, 3, pk=pk, sb=sb, gs=gsv, amax=buf)   # the recorded launch
+        mod._launch(xs[1], plan, spec, 3, pk=pk, sb=sb, gs=gsv, amax=buf, f2fp=cv)
+        mod._launch(xs[0], plan, spec, 3, pk=pk, sb=sb, gs=gsv, amax=buf, f2fp=cv)   # the recorded launch
         torch.cuda.synchronize()
         same = bool(torch.equal(pk, ref[0]) and torch.equal(sb, ref[1]))
         used = (buf.view(-1, 5)[:, 1] > 0).nonzero().numel()
         rec = buf.view(-1, 5)[:used].cpu().numpy()
-        r = {"case": f"{M}x{K}", "fmt": fmt, "rot": rot, "instrumented_equal": same}
+        r = {"case": f"{M}x{K}", "fmt": fmt, "rot": rot, "f2fp": cv, "instrumented_equal": same}
         r.update(analyse_records(rec, n_sms))
-        wrapped = bench_graph(lambda x: q.rotate_quantize(x, spec, t, "packed", global_scale=gs, plan=plan), xs)
-        bare = bench_graph(lambda x: q._launch(x, plan, spec, 3, pk=pk, sb=sb, gs=gsv), xs)
-        inst = bench_graph(lambda x: mod._launch(x, plan, spec, 3, pk=pk, sb=sb, gs=gsv, amax=buf), xs)
+        wrapped = bench_graph(lambda x: q.rotate_quantize(x, spec, t, "packed", global_scale=gs, plan=plan, f2fp=cv), xs)
+        bare = bench_graph(lambda x: q._launch(x, plan, spec, 3, pk=pk, sb=sb, gs=gsv, f2fp=cv), xs)
+        inst = bench_graph(lambda x: mod._launch(x, plan, spec, 3, pk=pk, sb=sb, gs=gsv, amax=buf, f2fp=cv), xs)
         r.update({"graph_us": wrapped * 1e3, "graph_bare_launch_us": bare * 1e3, "graph_instrumented_us": inst * 1e3})
         np.save(out / f"timeline_{M}x{K}_{fmt}_{rot}.npy", rec)
         rows.append(r)
@@ -190,13 +196,13 @@ def _child(cases):
     from fpq_core.kernels.quant import rotate_quantize
     work = []
     n_sms = torch.cuda.get_device_properties(0).multi_processor_count
-    for M, K, fmt, rot in cases:
+    for M, K, fmt, rot, cv in cases:
         spec, t, xs, gs, plan = _setup(M, K, fmt, rot, n_inputs=1)
         nbytes = M * K * 2 + M * K // 2 + M * K // spec.group_size
         src = torch.empty(nbytes // 4, dtype=torch.bfloat16, device="cuda").normal_()
         dst = torch.empty_like(src)
-        fq = (lambda xs=xs, spec=spec, t=t, gs=gs, plan=plan:
-              rotate_quantize(xs[0], spec, t, "packed", global_scale=gs, plan=plan))
+        fq = (lambda xs=xs, spec=spec, t=t, gs=gs, plan=plan, cv=cv:
+              rotate_quantize(xs[0], spec, t, "packed", global_scale=gs, plan=plan, f2fp=cv))
         fc = (lambda src=src, dst=dst: _copy[(n_sms * 4,)](src, dst, src.numel(), BLOCK=4096))
         fq(), fc()
         work.append((fq, fc))
@@ -227,7 +233,7 @@ def run_ncu(cases, out: Path) -> list[dict]:
     cmd = [str(exe), "--clock-control", "none", "--profile-from-start", "off", "--force-overwrite", "-o", str(rep)]
     for s in sections:
         cmd += ["--section", s]
-    spec = ",".join(f"{m}x{k}:{f}:{r}" for m, k, f, r in cases)
+    spec = ",".join(_label(c) for c in cases)
     cmd += [sys.executable, __file__, "--child", "--cases", spec]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=560)
     (out / "ncu_stdout.txt").write_text(p.stdout[-200000:] + "\n--- stderr ---\n" + p.stderr[-50000:])
@@ -238,7 +244,7 @@ def run_ncu(cases, out: Path) -> list[dict]:
     (out / "ncu_raw.csv").write_text(raw)
     rows = list(csv.reader(io.StringIO(raw)))
     head, units, body = rows[0], rows[1], rows[2:]
-    labels = [f"{m}x{k}:{f}:{r}" for m, k, f, r in cases]
+    labels = [_label(c) for c in cases]
     res = []
     for i, vals in enumerate(body):
         d = dict(zip(head, vals))

@@ -36,9 +36,10 @@ from benchmarks._common import write_json  # noqa: E402
 
 PIPES = {
     "int": ("LOP3", "IADD3", "SHF", "LEA", "SEL", "FSEL", "FMNMX", "FSETP", "ISETP", "PRMT", "VIADD", "VIMNMX",
-            "PLOP3", "IABS", "BMSK", "SGXT", "POPC", "FLO", "BREV", "LOP", "IMNMX", "ICMP"),
+            "PLOP3", "IABS", "BMSK", "SGXT", "POPC", "FLO", "BREV", "LOP", "IMNMX", "ICMP",
+            "F2FP"),    # F2FP: on the ALU pipe (ncu's pipe counters, benchmarks/profile_quant_kernel.py)
     "fma": ("FFMA", "FMUL", "FADD", "IMAD", "HFMA2", "HADD2", "HMUL2", "FSWZADD", "MOV", "IMUL"),
-    "xu": ("F2F", "F2I", "I2F", "MUFU", "F2FP", "FRND", "I2FP", "F2IP"),
+    "xu": ("F2F", "F2I", "I2F", "MUFU", "FRND", "I2FP", "F2IP"),
     "fp64": ("DFMA", "DMUL", "DADD", "DSETP", "DMNMX"),
     "mem": ("LDG", "STG", "LDS", "STS", "LDGSTS", "LDSM", "STSM", "LDC", "ULDC", "LDL", "STL", "ATOMG", "RED"),
 }
@@ -116,7 +117,7 @@ def loop_counts(sass: str) -> collections.Counter:
     return collections.Counter(op for addr, op, _ in ins if lo <= addr <= hi)
 
 
-def count_loop(kernel, fmt: str, fma_codes: bool = True, even: bool = True):
+def count_loop(kernel, fmt: str, fma_codes: bool = True, even: bool = True, f2fp: bool = True):
     """(loop opcode counts, counts by pipe, elements per thread per tile) of ``kernel`` compiled
     for packed bf16 output with a 64-column tile and the format's default launch."""
     from fpq_core.kernels.quant import DEFAULT_LAUNCH, NV_LAUNCH
@@ -125,7 +126,7 @@ def count_loop(kernel, fmt: str, fma_codes: bool = True, even: bool = True):
     bm, nw, T = launch["block_m"], launch["num_warps"], 64
     c = dict(T=T, G=16 if nv else 32, BM=bm, HAS_ROT=True, DOT_LOWP=True, POST_SCALE=not nv, MODE=3,
              IS_NV=nv, IS_BF16=True, HW_ROUND=True, MX_MUL=not nv, NV_FMA=nv, PERM=True, ROWP=True,
-             NW=nw, FCODE=fma_codes, EVEN=even, STAGES=launch["stages"], ITERS_C=0)
+             NW=nw, FCODE=fma_codes, EVEN=even, STAGES=launch["stages"], ITERS_C=0, F2FP=f2fp)
     cnt = loop_counts(_sass(kernel, c, nw, launch["maxnreg"]))
     pipes = collections.Counter()
     for op, n in cnt.items():

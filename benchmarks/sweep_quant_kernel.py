@@ -7,14 +7,16 @@ written / time) against a device-to-device copy timed the same way in the same r
 bytes are checked against the default launch. Writes OUT/sweep_quant_kernel.json; the best
 config per case is printed (DEFAULT_LAUNCH in fpq_core/kernels/quant.py comes from here).
 
-    python benchmarks/sweep_quant_kernel.py --out OUT [--grid quick|full|occupancy] [--cases a,b]
+    python benchmarks/sweep_quant_kernel.py --out OUT [--grid quick|full|occupancy|codes|regcap|cvt] [--cases a,b]
                                                       [--formats mxfp4,nvfp4] [--tag NAME]
 
 ``--grid occupancy``: 64-column tiles, 4 warps; rows 32/64, stages 2/3, maxnreg none/96/80/72
 (NVFP4; MXFP4 needs fewer than 64 registers, so none/56 there; none = 0), waves 4/6/8/12/16. Each row records
 the compiled kernel's registers, spills and shared memory. ``--grid codes``: the default tile with
 the packed codes from the integer path (``fma_codes=False``) and the multiply-add path, same run.
-``--grid regcap``: the default launch with register caps none (0)/96/88/80 (NVFP4).
+``--grid regcap``: the default launch with register caps none (0)/96/88/80 (NVFP4). ``--grid cvt``: the
+default launch with the rotated values rounded to bf16 by Triton's cast (F2F, ``f2fp=False``) and
+by ``bf16_round_hw`` (F2FP), each twice, interleaved.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--quick", action="store_true", help="same as --grid quick")
-    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap"), default=None)
+    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap", "cvt"), default=None)
     ap.add_argument("--cases", default="a_8192x14336,w_4096x4096",
                     help=f"comma-separated, from {','.join(SHAPES)}")
     ap.add_argument("--formats", default="mxfp4,nvfp4")
@@ -65,13 +67,13 @@ def main(argv=None):
             ref = rotate_quantize(xs[0], spec, t, "packed", global_scale=g)
             nbytes = M * K * 2 + M * K // 2 + M * K // spec.group_size
             best = None
-            for bm, tile, nw, st, mr, fc, waves_list in _grid(grid_name, fmt):
+            for bm, tile, nw, st, mr, fc, cv, waves_list in _grid(grid_name, fmt):
                 plan = make_plan(t, K, spec.group_size, tile=tile)
                 for waves in waves_list:
                     kw = dict(global_scale=g, plan=plan, block_m=bm, num_warps=nw, stages=st, waves=waves, maxnreg=mr,
-                              fma_codes=fc)
+                              fma_codes=fc, f2fp=cv)
                     r = {"case": name, "fmt": fmt, "rot": n, "block_m": bm, "tile": plan.tile, "num_warps": nw,
-                         "stages": st, "maxnreg": mr, "fma_codes": fc, "waves": waves}
+                         "stages": st, "maxnreg": mr, "fma_codes": fc, "f2fp": cv, "waves": waves}
                     try:
                         out = rotate_quantize(xs[0], spec, t, "packed", **kw)
                         r.update(last_launch_resources())
@@ -88,7 +90,7 @@ def main(argv=None):
                     if best is None or gbps > best["GBps"]:
                         best = r
             keys = ("case", "fmt", "rot", "block_m", "tile", "num_warps", "stages", "maxnreg", "fma_codes", "waves")
-            if grid_name not in ("occupancy", "codes", "regcap"):
+            if grid_name not in ("occupancy", "codes", "regcap", "cvt"):
                 # the same best launch without the matrix-column order (ablation, same run)
                 kw = dict(global_scale=g, plan=make_plan(t, K, spec.group_size, tile=best["tile"]),
                           **{k: best[k] for k in ("block_m", "num_warps", "stages", "waves", "maxnreg", "fma_codes")},
@@ -113,20 +115,22 @@ def main(argv=None):
 
 
 def _grid(name: str, fmt: str):
-    """(block_m, tile, num_warps, stages, maxnreg, fma_codes, waves list) per config of a named grid."""
+    """(block_m, tile, num_warps, stages, maxnreg, fma_codes, f2fp, waves list) per config of a named grid."""
+    if name == "cvt":           # the default launch, each rounding of the rotated values twice, interleaved
+        return [(64, 64, 4, 3, None, None, cv, (16,)) for cv in (False, True, False, True)]
     if name == "regcap":
         caps = (0, 96, 88, 80) if fmt == "nvfp4" else (0,)      # 0: no cap
-        return [(64, 64, 4, 3, mr, None, (16,)) for mr in caps]
+        return [(64, 64, 4, 3, mr, None, None, (16,)) for mr in caps]
     if name == "codes":
         caps = (0, 96) if fmt == "nvfp4" else (0,)
-        return [(64, 64, 4, 3, mr, fc, (8, 16)) for fc, mr in itertools.product((False, True), caps)]
+        return [(64, 64, 4, 3, mr, fc, None, (8, 16)) for fc, mr in itertools.product((False, True), caps)]
     if name == "occupancy":
         caps = (0, 96, 80, 72) if fmt == "nvfp4" else (0, 56)        # 0: no cap
-        return [(bm, 64, 4, st, mr, None, (4, 6, 8, 12, 16)) for bm, st, mr in itertools.product((32, 64), (2, 3), caps)]
+        return [(bm, 64, 4, st, mr, None, None, (4, 6, 8, 12, 16)) for bm, st, mr in itertools.product((32, 64), (2, 3), caps)]
     if name == "quick":
-        return [(bm, tile, nw, st, None, None, (4, 8, 16))
+        return [(bm, tile, nw, st, None, None, None, (4, 8, 16))
                 for bm, tile, nw, st in itertools.product((64, 128, 256), (64, 128), (4, 8), (3, 4))]
-    return [(bm, tile, nw, st, None, None, (4, 8, 16))
+    return [(bm, tile, nw, st, None, None, None, (4, 8, 16))
             for bm, tile, nw, st in itertools.product((32, 64, 128, 256), (64, 128), (4, 8), (2, 3, 4))]
 
 

@@ -203,6 +203,20 @@ def bf16_rne(y):
 
 
 @triton.jit
+def bf16_round_hw(y):
+    """float32 -> the nearest bfloat16 value (ties to even, subnormals kept), still as float32,
+    by cvt.rn.bf16x2.f32 with a zero partner in the low half: the rounded value is then the
+    float32 bit pattern itself (no shift back), and the F2FP it compiles to issues on the ALU
+    pipe. Triton's own round trip is one F2F per element on the conversion unit (16 lanes per
+    SM: a warp's F2F holds it 8 cycles) and a shift: the NVFP4 loop had 38 of them per thread,
+    the conversion unit was 35% busy and the kernel 5% slower (benchmarks/sweep_quant_kernel.py
+    --grid cvt, docs/performance.md). Every float32 is checked against the cast on the GPU."""
+    b = tl.inline_asm_elementwise("{ .reg .f32 z; mov.f32 z, 0f00000000; cvt.rn.bf16x2.f32 $0, $1, z; }",
+                                  "=r,r", [y.to(tl.int32, bitcast=True)], dtype=tl.int32, is_pure=True, pack=1)
+    return b.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def round_to_dtype(y, IS_BF16: tl.constexpr):
     if IS_BF16:
         return bf16_rne(y)

@@ -43,7 +43,7 @@ from fpq_core.formats.spec import QuantSpec
 
 from ._common import (div_markstein, e2m1_code, e2m1_index_f, e2m1_round, e4m3_byte, e4m3_rne, floor_log2, mx_scale,
                       nv_scale, nv_scale_fast, nv_small_f, nv_small_scale, nv_small_threshold, pack_codes_f, pow2i,
-                      round_to_dtype, small_f)
+                      bf16_round_hw, round_to_dtype, small_f)
 
 __all__ = ["rotate_quantize", "rotate_quantize_twin", "rotate_twin", "check_supported", "RotationPlan",
            "make_plan"]
@@ -178,7 +178,8 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, 
                HAS_ROT: tl.constexpr, DOT_LOWP: tl.constexpr, POST_SCALE: tl.constexpr,
                MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
                HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
-               ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr):
+               ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr,
+               F2FP: tl.constexpr):
     """One (BM, T) tile: load, rotate, then store / track amax / quantize (see _rotq_kernel)."""
     kk = tl.arange(0, T)
     NG: tl.constexpr = T // G
@@ -200,7 +201,10 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, 
         # rounded to the input dtype, as the transforms do (the hardware cast rounds to nearest
         # even; Triton's CPU interpreter truncates bf16, hence the bit version there)
         if HW_ROUND:
-            y = y.to(x_ptr.dtype.element_ty).to(tl.float32)
+            if F2FP and IS_BF16:    # on the ALU pipe, not the conversion unit (see bf16_round_hw)
+                y = bf16_round_hw(y)
+            else:
+                y = y.to(x_ptr.dtype.element_ty).to(tl.float32)
         else:
             y = round_to_dtype(y, IS_BF16).to(x_ptr.dtype.element_ty).to(tl.float32)
     else:
@@ -330,7 +334,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr,
                  MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
                  HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
                  ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr,
-                 ITERS_C: tl.constexpr):
+                 ITERS_C: tl.constexpr, F2FP: tl.constexpr):
     """Persistent: each program loads the rotation matrix once, keeps one column tile
     (pid % tiles_k) and walks the row blocks pid // tiles_k + i * row_step (the grid is
     tiles_k * row_step programs, so no division per tile). MODE 0 rotated, 1 amax (one value per
@@ -363,12 +367,12 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr,
         for it in range(0, ITERS_C):
             run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                  stride_xm, rot_scale, T, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN)
+                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP)
     else:
         for it in tl.range(0, iters, num_stages=STAGES):
             run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                  stride_xm, rot_scale, T, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN)
+                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP)
     if MODE == 1:
         tl.store(amax_ptr + pid, tl.max(tl.max(run_max, axis=1), axis=0))
 
@@ -432,7 +436,8 @@ NV_LAUNCH = dict(DEFAULT_LAUNCH, maxnreg=96)     # NVFP4: a 96-register cap gave
 
 def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax=None, gs=None, block_m=None,
             num_warps: int | None = None, waves: int | None = None, stages: int | None = None,
-            mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None):
+            mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
+            f2fp: bool | None = None):
     """Launch the persistent kernel. MODE 1 returns its partial maxima (one per program, in a
     buffer allocated here); the other modes write into the given outputs and return None."""
     M, K = x2.shape
@@ -479,6 +484,7 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
         MODE=mode, IS_BF16=x2.dtype == torch.bfloat16, IS_NV=is_nv, HW_ROUND=not interp, PERM=perm, ROWP=rowp, NW=nw, FCODE=fcode, EVEN=even,
         MX_MUL=small and not is_nv, NV_FMA=small and is_nv and not interp,
         STAGES=None if interp else (stages or dflt["stages"]), ITERS_C=iters if interp else 0, num_warps=nw,
+        F2FP=True if f2fp is None else bool(f2fp),
         enable_fp_fusion=False, **extra)
     return amax if mode == 1 else None
 
@@ -486,7 +492,8 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
 def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: str = "fake",
                     global_scale=None, plan: RotationPlan | None = None, block_m: int | None = None,
                     num_warps: int | None = None, waves: int | None = None, stages: int | None = None,
-                    mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None):
+                    mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
+                    f2fp: bool | None = None):
     """Fused rotation + FP4 quantization; see the module docstring. ``global_scale`` (NVFP4):
     the fp32 encode scale to use; None computes it from the rotated input (an extra amax pass).
     A float or CPU tensor is checked here (finite, > 0); a CUDA tensor is used as is, without a
@@ -496,7 +503,9 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
     ``DEFAULT_LAUNCH`` (NVFP4 quantization: ``NV_LAUNCH``).
     For benchmarks (same results either way): ``mma_order=False`` turns the matrix-column order of
     :func:`mma_column_order` off; ``fma_codes=False`` computes the packed codes with the integer
-    ``e2m1_code`` instead of the multiply-add path (``e2m1_index_f`` + ``pack_codes_f``)."""
+    ``e2m1_code`` instead of the multiply-add path (``e2m1_index_f`` + ``pack_codes_f``);
+    ``f2fp=False`` rounds the rotated values to bf16 with Triton's cast (F2F on the conversion
+    unit) instead of :func:`bf16_round_hw` (F2FP on the ALU pipe)."""
     if output not in _OUTPUTS:
         raise ValueError(f"output must be one of {list(_OUTPUTS)}, got {output!r}")
     if output in ("fake", "packed"):
@@ -513,7 +522,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
         x2 = x2.contiguous()
     M = x2.shape[0]
     launch = dict(block_m=block_m, num_warps=num_warps, waves=waves, stages=stages, mma_order=mma_order, maxnreg=maxnreg,
-                  fma_codes=fma_codes)
+                  fma_codes=fma_codes, f2fp=f2fp)
     if output == "rotated":
         out = torch.empty_like(x2)
         _launch(x2, plan, spec, 0, out=out, **launch)

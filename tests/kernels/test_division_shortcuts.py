@@ -11,7 +11,8 @@ exhaustively (fpq_core/kernels/quant.py explains why they are exact):
   the multiply-add index of the packed path (min of three roundings: a numpy twin over every
   float32 in [0, 16) under ``-m slow``, a sample of it by default);
 * the packed path's bit 3 (negative or rounds to zero) from y and the group scale, without the
-  quotient (NVFP4, GPU).
+  quotient (NVFP4, GPU);
+* the rounding of the rotated values to bf16 by the F2FP conversion (every float32, GPU).
 """
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ try:
     import triton
     import triton.language as tl
 
-    from fpq_core.kernels._common import (div6_f64, div_markstein, e2m1, e2m1_code, e2m1_index_f, e2m1_round,
+    from fpq_core.kernels._common import (bf16_round_hw, div6_f64, div_markstein, e2m1, e2m1_code, e2m1_index_f, e2m1_round,
                                          e4m3_byte, e4m3_value, nv_group_e4m3, nv_group_e4m3_hw, nv_small_f, nv_small_scale,
                                          nv_small_threshold, small_f)
 except ImportError:      # CPU-only install: the two Triton tests below skip
@@ -159,6 +160,17 @@ if triton is not None:
         y = tl.load(y_ptr + tl.arange(0, BLOCK))
         q = tl.full((BLOCK,), float("nan"), tl.float32)
         tl.store(out_ptr + tl.arange(0, BLOCK), e2m1_code(q, y, True))
+
+    @triton.jit
+    def _bf16_round_check(bad_ptr, base, BLOCK: tl.constexpr):
+        # every float32 bit pattern base + [0, grid * BLOCK): the kernel's rounding to bf16 against
+        # Triton's own cast (cvt.rn.bf16.f32 per element); NaN in, NaN out counts as equal
+        bits = (base + tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)).to(tl.int32)
+        y = bits.to(tl.float32, bitcast=True)
+        ref = y.to(tl.bfloat16).to(tl.float32)
+        got = bf16_round_hw(y)
+        same = (got.to(tl.int32, bitcast=True) == ref.to(tl.int32, bitcast=True)) | ((got != got) & (ref != ref))
+        tl.atomic_add(bad_ptr, tl.sum((~same).to(tl.int32), axis=0))
 
 
 @pytest.mark.gpu
@@ -319,3 +331,16 @@ def test_nv_group_scale_rounding_to_odd_equals_float64_rule(dev):
             fails.append((g32, int(bad.sum()), [(a[j].item(), ref[j].item(), hw[j].item(), rb[j].item(), hb[j].item())
                                                 for j in i.tolist()]))
     assert not fails, fails[:6]
+
+
+@pytest.mark.gpu
+def test_bf16_rounding_by_f2fp_every_float32():
+    """The quant kernel's rounding of the rotated values to bf16 (cvt.rn.bf16x2.f32 with a zero
+    partner) equals the per-element cast for all 2^32 float32 bit patterns."""
+    if kernel_device() != "cuda":
+        pytest.skip("inline PTX: needs CUDA")
+    bad = torch.zeros(1, dtype=torch.int32, device="cuda")
+    block, step = 4096, 1 << 30
+    for base in range(0, 1 << 32, step):
+        _bf16_round_check[(step // block,)](bad, base, BLOCK=block)
+    assert bad.item() == 0

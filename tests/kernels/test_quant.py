@@ -156,8 +156,9 @@ def test_bad_dims_raise(dev):
 
 @pytest.mark.parametrize("name", SPECS)
 def test_launch_configurations_give_the_same_bytes(dev, name):
-    """Rows per tile, warps, programs per SM, the lane order and the walk over row blocks (fewer
-    programs than column tiles, uneven row strides, a partial last row block) change nothing."""
+    """Rows per tile, warps, programs per SM, the lane order, the walk over row blocks (fewer
+    programs than column tiles, uneven row strides, a partial last row block), the packed-code
+    path and the bf16 conversion change nothing."""
     from fpq_core.kernels.quant import rotate_quantize
     from fpq_core.transforms import get_transform
     spec = _spec(name)
@@ -169,7 +170,8 @@ def test_launch_configurations_give_the_same_bytes(dev, name):
     ref = rotate_quantize(x, spec, t, "packed", global_scale=gs)
     fake = rotate_quantize(x, spec, t, "fake", global_scale=gs)
     for kw in (dict(waves=1), dict(waves=2), dict(block_m=128, num_warps=8), dict(block_m=32),
-               dict(mma_order=False), dict(stages=2, waves=3), dict(maxnreg=72), dict(fma_codes=False)):
+               dict(mma_order=False), dict(stages=2, waves=3), dict(maxnreg=72), dict(fma_codes=False),
+               dict(f2fp=False)):
         pk, sb, _ = rotate_quantize(x, spec, t, "packed", global_scale=gs, **kw)
         assert torch.equal(pk, ref[0]) and torch.equal(sb, ref[1]), kw
         assert torch.equal(_bits(rotate_quantize(x, spec, t, "fake", global_scale=gs, **kw)), _bits(fake)), kw

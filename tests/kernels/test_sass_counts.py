@@ -1,7 +1,8 @@
 """The SASS instruction-count tool of the quant kernel (benchmarks/sass_quant_kernel.py) on the
 CPU: it needs triton (and the cuobjdump it ships), no GPU. It checks the tool still finds the
 loop and its NVFP4 fast path (the source transformation it applies), and the design claim the
-packed-code path rests on: the multiply-add codes move work off the integer/compare pipe."""
+packed-code path rests on: the multiply-add codes move work off the integer/compare pipe; and
+that the bf16 rounding of the rotated values no longer uses the conversion unit (F2F)."""
 from __future__ import annotations
 
 import os
@@ -14,13 +15,13 @@ if os.environ.get("TRITON_INTERPRET") == "1":
                 allow_module_level=True)
 
 
-def _counts(kernel, nv: bool, fcode: bool):
+def _counts(kernel, nv: bool, fcode: bool, f2fp: bool = True, opcodes: bool = False):
     from benchmarks.sass_quant_kernel import count_loop
     try:
-        cnt, pipes, _ = count_loop(kernel, "nvfp4" if nv else "mxfp4", fma_codes=fcode)
+        cnt, pipes, _ = count_loop(kernel, "nvfp4" if nv else "mxfp4", fma_codes=fcode, f2fp=f2fp)
     except FileNotFoundError as e:          # a triton without its bundled cuobjdump
         pytest.skip(f"cuobjdump not found: {e}")
-    return sum(cnt.values()), pipes
+    return (sum(cnt.values()), pipes) + ((cnt,) if opcodes else ())
 
 
 @pytest.mark.parametrize("nv", [False, True])
@@ -32,3 +33,16 @@ def test_fma_codes_take_work_off_the_integer_pipe(nv):
     assert total_f > 0 and total_i > 0
     assert pipes_f["int"] < 0.75 * pipes_i["int"], (pipes_f, pipes_i)
     assert pipes_f["fma"] > pipes_i["fma"]
+
+
+@pytest.mark.parametrize("nv", [False, True])
+def test_bf16_rounding_by_f2fp_leaves_the_conversion_unit(nv):
+    """32 values per thread and tile: Triton's cast rounds each by an F2F (conversion unit); the
+    kernel's bf16_round_hw by an F2FP (ALU pipe), with no more loop instructions."""
+    from benchmarks.sass_quant_kernel import _hot_module
+    kernel = _hot_module()._rotq_kernel
+    total_on, pipes_on, cnt_on = _counts(kernel, nv, True, f2fp=True, opcodes=True)
+    total_off, pipes_off, cnt_off = _counts(kernel, nv, True, f2fp=False, opcodes=True)
+    assert cnt_off["F2F"] >= 32 and cnt_on["F2F"] <= cnt_off["F2F"] - 32, (cnt_on, cnt_off)
+    assert pipes_on["xu"] <= pipes_off["xu"] - 32
+    assert total_on <= total_off
