@@ -79,11 +79,11 @@ def _sass(kernel, constexprs: dict, num_warps: int, maxnreg: int | None) -> str:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     sig = {"x_ptr": "*bf16", "m_ptr": "*bf16", "out_ptr": "*bf16", "pk_ptr": "*i32" if constexprs["FCODE"] else "*u8",
-           "sb_ptr": "*u8", "amax_ptr": "*fp32", "gs_ptr": "*fp32", "M": "i32", "K": "i32", "stride_xm": "i32",
+           "sb_ptr": "*u8", "amax_ptr": "*fp32", "gs_ptr": "*fp32", "gso_ptr": "*fp32", "M": "i32", "K": "i32", "stride_xm": "i32",
            "rot_scale": "fp32", "tiles_k": "i32", "row_step": "i32", "iters": "i32"}
     names = list(sig)
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in
-             ("x_ptr", "m_ptr", "out_ptr", "pk_ptr", "sb_ptr", "amax_ptr", "gs_ptr", "M", "K", "stride_xm")}
+             ("x_ptr", "m_ptr", "out_ptr", "pk_ptr", "sb_ptr", "amax_ptr", "gs_ptr", "gso_ptr", "M", "K", "stride_xm")}
     sig.update({k: "constexpr" for k in constexprs})
     opts = {"num_warps": num_warps, "enable_fp_fusion": False}
     if maxnreg:

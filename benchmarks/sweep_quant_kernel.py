@@ -8,7 +8,7 @@ bytes are checked against the default launch. Writes OUT/sweep_quant_kernel.json
 config per case is printed (DEFAULT_LAUNCH in fpq_core/kernels/quant.py comes from here).
 
     python benchmarks/sweep_quant_kernel.py --out OUT [--grid quick|full|occupancy|codes|regcap|cvt] [--cases a,b]
-                                                      [--formats mxfp4,nvfp4] [--tag NAME]
+                                                      [--formats mxfp4,nvfp4] [--rot N] [--tag NAME]
 
 ``--grid occupancy``: 64-column tiles, 4 warps; rows 32/64, stages 2/3, maxnreg none/96/80/72
 (NVFP4; MXFP4 needs fewer than 64 registers, so none/56 there; none = 0), waves 4/6/8/12/16. Each row records
@@ -16,7 +16,8 @@ the compiled kernel's registers, spills and shared memory. ``--grid codes``: the
 the packed codes from the integer path (``fma_codes=False``) and the multiply-add path, same run.
 ``--grid regcap``: the default launch with register caps none (0)/96/88/80 (NVFP4). ``--grid cvt``: the
 default launch with the rotated values rounded to bf16 by Triton's cast (F2F, ``f2fp=False``) and
-by ``bf16_round_hw`` (F2FP), each twice, interleaved.
+by ``bf16_round_hw`` (F2FP), each twice, interleaved. ``--grid t128`` (with ``--rot 128``): 128-column
+tiles, rows per tile x warps (64x4, 32x2, 128x8, 32x4, 64x8) and stages 2/3, no register cap.
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--quick", action="store_true", help="same as --grid quick")
-    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap", "cvt"), default=None)
+    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap", "cvt", "t128"), default=None)
+    ap.add_argument("--rot", type=int, default=None, help="rotation size (default: the format's group size)")
     ap.add_argument("--cases", default="a_8192x14336,w_4096x4096",
                     help=f"comma-separated, from {','.join(SHAPES)}")
     ap.add_argument("--formats", default="mxfp4,nvfp4")
@@ -61,6 +63,7 @@ def main(argv=None):
         for fmt, n in (("mxfp4", 32), ("nvfp4", 16)):
             if fmt not in a.formats.split(","):
                 continue
+            n = a.rot or n
             spec = QuantSpec.from_name(fmt)
             t = get_transform("hadamard", size=n)
             g = torch.tensor([100.0], device="cuda") if fmt == "nvfp4" else None
@@ -90,7 +93,7 @@ def main(argv=None):
                     if best is None or gbps > best["GBps"]:
                         best = r
             keys = ("case", "fmt", "rot", "block_m", "tile", "num_warps", "stages", "maxnreg", "fma_codes", "waves")
-            if grid_name not in ("occupancy", "codes", "regcap", "cvt"):
+            if grid_name not in ("occupancy", "codes", "regcap", "cvt", "t128"):
                 # the same best launch without the matrix-column order (ablation, same run)
                 kw = dict(global_scale=g, plan=make_plan(t, K, spec.group_size, tile=best["tile"]),
                           **{k: best[k] for k in ("block_m", "num_warps", "stages", "waves", "maxnreg", "fma_codes")},
@@ -116,6 +119,9 @@ def main(argv=None):
 
 def _grid(name: str, fmt: str):
     """(block_m, tile, num_warps, stages, maxnreg, fma_codes, f2fp, waves list) per config of a named grid."""
+    if name == "t128":          # 128-column tiles (rotation 128): rows x warps, stages
+        return [(bm, 128, nw, st, 0, None, None, (16,))
+                for (bm, nw), st in itertools.product(((64, 4), (32, 2), (128, 8), (32, 4), (64, 8)), (2, 3))]
     if name == "cvt":           # the default launch, each rounding of the rotated values twice, interleaved
         return [(64, 64, 4, 3, None, None, cv, (16,)) for cv in (False, True, False, True)]
     if name == "regcap":

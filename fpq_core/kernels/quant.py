@@ -327,7 +327,7 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, 
 
 
 @triton.jit
-def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr,
+def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_ptr,
                  M, K, stride_xm, rot_scale, tiles_k, row_step, iters,
                  T: tl.constexpr, G: tl.constexpr, BM: tl.constexpr,
                  HAS_ROT: tl.constexpr, DOT_LOWP: tl.constexpr, POST_SCALE: tl.constexpr,
@@ -375,6 +375,9 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr,
                                  HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP)
     if MODE == 1:
         tl.store(amax_ptr + pid, tl.max(tl.max(run_max, axis=1), axis=0))
+    if (MODE == 3) and (not IS_NV):
+        if pid == 0:    # MX: the global scale returned with the codes, written here (not by a copy kernel)
+            tl.store(gso_ptr, tl.load(gs_ptr))
 
 
 _SM_COUNT: dict = {}
@@ -434,12 +437,13 @@ DEFAULT_LAUNCH = {"block_m": 64, "num_warps": 4, "waves": 16, "stages": 3, "maxn
 NV_LAUNCH = dict(DEFAULT_LAUNCH, maxnreg=96)     # NVFP4: a 96-register cap gave 1-3% (64-column bf16 tiles)
 
 
-def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax=None, gs=None, block_m=None,
-            num_warps: int | None = None, waves: int | None = None, stages: int | None = None,
+def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax=None, gs=None, gso=None,
+            block_m=None, num_warps: int | None = None, waves: int | None = None, stages: int | None = None,
             mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
             f2fp: bool | None = None):
     """Launch the persistent kernel. MODE 1 returns its partial maxima (one per program, in a
-    buffer allocated here); the other modes write into the given outputs and return None."""
+    buffer allocated here); the other modes write into the given outputs and return None (mode 3,
+    MX: ``gso`` receives a copy of ``gs``)."""
     M, K = x2.shape
     T, G = plan.tile, spec.group_size
     is_nv = spec.scale_precision == "e4m3" if spec is not None else False
@@ -468,6 +472,8 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
     rowp = perm and bm % (16 * nw) == 0
     if mode == 1:
         amax = torch.empty(nprog, dtype=torch.float32, device=x2.device)
+    if mode == 3 and not is_nv and gso is None:         # the kernel writes it: never into the dummy
+        gso = torch.empty(1, dtype=torch.float32, device=x2.device)
     dummy = x2
     fcode = True if fma_codes is None else bool(fma_codes)
     if mode == 3 and fcode:
@@ -479,6 +485,7 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
     _LAST["kernel"] = _rotq_kernel[(nprog,)](
         x2, mat, out if out is not None else dummy, pk if pk is not None else dummy,
         sb if sb is not None else dummy, amax if amax is not None else dummy, gs if gs is not None else dummy,
+        gso if gso is not None else dummy,
         M, K, x2.stride(0), float(plan.scale or 1.0), tiles_k, row_step, iters,
         T=T, G=G, BM=bm, HAS_ROT=has_rot, DOT_LOWP=lowp, POST_SCALE=plan.scale is not None and not fold,
         MODE=mode, IS_BF16=x2.dtype == torch.bfloat16, IS_NV=is_nv, HW_ROUND=not interp, PERM=perm, ROWP=rowp, NW=nw, FCODE=fcode, EVEN=even,
@@ -548,5 +555,11 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
         return out.reshape(x.shape)
     pk = torch.empty(M, K // 2, dtype=torch.uint8, device=x.device)
     sb = torch.empty(M, K // spec.group_size, dtype=torch.uint8, device=x.device)
-    _launch(x2, plan, spec, 3, pk=pk, sb=sb, gs=gs, **launch)
-    return pk, sb, (gs.clone() if spec.scale_precision != "e4m3" else gs)
+    if spec.scale_precision == "e4m3":
+        _launch(x2, plan, spec, 3, pk=pk, sb=sb, gs=gs, **launch)
+        return pk, sb, gs
+    # MX: the returned global scale is the kernel's own copy of the constant (a clone here was a
+    # second kernel, 1.2-1.5 us in a CUDA graph: benchmarks/profile_quant_kernel.py --timeline)
+    gso = torch.empty(1, dtype=torch.float32, device=x.device)
+    _launch(x2, plan, spec, 3, pk=pk, sb=sb, gs=gs, gso=gso, **launch)
+    return pk, sb, gso

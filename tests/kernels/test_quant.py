@@ -196,3 +196,23 @@ def test_whole_row_blocks_run_without_masks(dev, name):
         pk, sb, _ = rotate_quantize(x, spec, t, "packed", global_scale=gs, **kw)
         assert torch.equal(pk, rp) and torch.equal(sb, rs), kw
         assert torch.equal(_bits(rotate_quantize(x, spec, t, "fake", global_scale=gs, **kw)), _bits(qt.dequantize())), kw
+
+
+def test_mx_packed_global_scale_is_the_kernels_own_copy(dev):
+    """MXFP4 packed output: the global scale comes back in a fresh tensor the kernel wrote (no
+    copy kernel); a direct launch without that output never writes into the input."""
+    from fpq_core.formats import QuantSpec
+    from fpq_core.kernels.quant import _launch, make_plan, rotate_quantize
+    spec = QuantSpec.from_name("mxfp4")
+    x = _x(64, 128, torch.bfloat16, dev, seed=3)
+    x0 = x.clone()
+    _, _, g1 = rotate_quantize(x, spec, None, "packed")
+    _, _, g2 = rotate_quantize(x, spec, None, "packed")
+    assert g1.item() == spec.mx_global_scale and g1.data_ptr() != g2.data_ptr()
+    g1.mul_(3.0)                                   # the caller's tensor: later calls unaffected
+    assert rotate_quantize(x, spec, None, "packed")[2].item() == spec.mx_global_scale
+    pk = torch.empty(64, 64, dtype=torch.uint8, device=dev)
+    sb = torch.empty(64, 4, dtype=torch.uint8, device=dev)
+    gs = torch.full((1,), spec.mx_global_scale, dtype=torch.float32, device=dev)
+    _launch(x, make_plan(None, 128, 32), spec, 3, pk=pk, sb=sb, gs=gs)
+    assert torch.equal(x, x0)
