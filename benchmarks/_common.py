@@ -1,8 +1,10 @@
 """Shared helpers of the GPU benchmarks: device info, median timing, JSON + table output."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import platform
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -167,3 +169,17 @@ def table(rows: list[dict], cols: list[str]) -> str:
     lines = [" ".join(c.ljust(w[c]) for c in cols)]
     lines += [" ".join(fmt(r.get(c, "")).ljust(w[c]) for c in cols) for r in rows]
     return "\n".join(lines)
+
+
+def quant_module_copy(edit, name: str):
+    """A copy of ``fpq_core.kernels.quant`` whose source text went through ``edit`` (str -> str),
+    imported as module ``name``: for benchmarks that trim or instrument the kernel (the kernel
+    itself is not changed). ``edit`` raises SystemExit where the text it expects is gone."""
+    import fpq_core.kernels.quant as q
+    src = edit(Path(q.__file__).read_text()).replace("from ._common import", "from fpq_core.kernels._common import")
+    path = Path(tempfile.mkdtemp()) / f"{name}.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

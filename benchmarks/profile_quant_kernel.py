@@ -24,18 +24,16 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import io
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import table, write_json  # noqa: E402
+from benchmarks._common import quant_module_copy, table, write_json  # noqa: E402
 
 DEFAULT_CASES = ("2048x4096:nvfp4:16,2048x4096:mxfp4:32,4096x4096:nvfp4:16,4096x4096:mxfp4:32,"
                  "14336x4096:nvfp4:16,14336x4096:mxfp4:32,8192x14336:nvfp4:16")
@@ -64,29 +62,23 @@ def _prof_smid(d):
 def _timeline_module():
     """A copy of fpq_core.kernels.quant whose kernel writes (smid, t0, t1, c0, c1) per program
     into amax_ptr (an int64 buffer of 5 * programs) in modes 2 and 3."""
-    import fpq_core.kernels.quant as q
-    src = Path(q.__file__).read_text()
-    for marker in (_START, _END):
-        if src.count(marker) != 1:
-            raise SystemExit(f"marker {marker!r} not found once in quant.py; update profile_quant_kernel.py")
-    src = src.replace(_START, _START + "    prof_t0 = _prof_globaltimer(pid)\n    prof_c0 = _prof_clock(pid)\n")
-    src = src.replace(_END, "    if MODE >= 2:\n"
-                            "        prof_c1 = _prof_clock(pid)\n"
-                            "        prof_t1 = _prof_globaltimer(pid)\n"
-                            "        tl.store(amax_ptr + pid * 5, _prof_smid(pid).to(tl.int64))\n"
-                            "        tl.store(amax_ptr + pid * 5 + 1, prof_t0)\n"
-                            "        tl.store(amax_ptr + pid * 5 + 2, prof_t1)\n"
-                            "        tl.store(amax_ptr + pid * 5 + 3, prof_c0)\n"
-                            "        tl.store(amax_ptr + pid * 5 + 4, prof_c1)\n" + _END)
-    k = src.index("@triton.jit\ndef _rotq_tile")
-    src = src[:k] + _HELPERS.lstrip("\n") + "\n" + src[k:]
-    src = src.replace("from ._common import", "from fpq_core.kernels._common import")
-    path = Path(tempfile.mkdtemp()) / "quant_timeline.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("fpq_quant_timeline", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    def edit(src: str) -> str:
+        for marker in (_START, _END):
+            if src.count(marker) != 1:
+                raise SystemExit(f"marker {marker!r} not found once in quant.py; update profile_quant_kernel.py")
+        src = src.replace(_START, _START + "    prof_t0 = _prof_globaltimer(pid)\n    prof_c0 = _prof_clock(pid)\n")
+        src = src.replace(_END, "    if MODE >= 2:\n"
+                                "        prof_c1 = _prof_clock(pid)\n"
+                                "        prof_t1 = _prof_globaltimer(pid)\n"
+                                "        tl.store(amax_ptr + pid * 5, _prof_smid(pid).to(tl.int64))\n"
+                                "        tl.store(amax_ptr + pid * 5 + 1, prof_t0)\n"
+                                "        tl.store(amax_ptr + pid * 5 + 2, prof_t1)\n"
+                                "        tl.store(amax_ptr + pid * 5 + 3, prof_c0)\n"
+                                "        tl.store(amax_ptr + pid * 5 + 4, prof_c1)\n" + _END)
+        k = src.index("@triton.jit\ndef _rotq_tile")
+        return src[:k] + _HELPERS.lstrip("\n") + "\n" + src[k:]
+
+    return quant_module_copy(edit, "fpq_quant_timeline")
 
 
 def parse_cases(text: str) -> list[tuple[int, int, str, int, int | None]]:

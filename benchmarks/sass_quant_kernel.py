@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib.util
 import os
 import re
 import subprocess
@@ -32,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import write_json  # noqa: E402
+from benchmarks._common import quant_module_copy, write_json  # noqa: E402
 
 PIPES = {
     "int": ("LOP3", "IADD3", "SHF", "LEA", "SEL", "FSEL", "FMNMX", "FSETP", "ISETP", "PRMT", "VIADD", "VIMNMX",
@@ -55,23 +54,16 @@ def _pipe(op: str) -> str:
 
 def _hot_module():
     """A copy of fpq_core.kernels.quant whose NVFP4 global-scale check is always true."""
-    import fpq_core.kernels.quant as q
-    src = Path(q.__file__).read_text()
-    if _RANGE_CHECK not in src:
-        raise SystemExit("the global-scale range check was not found in quant.py; update _RANGE_CHECK")
-    a = src.index(_RANGE_CHECK)
-    b = src.index("            else:\n                s, sbyte = nv_scale(amax, g, True)", a)
-    end_marker = "                    z = 0.0\n"
-    e = src.index(end_marker, src.index("z = small_f(q, HW_ROUND)", b)) + len(end_marker)
-    src = src[:a] + "            if True:\n" + src[a + len(_RANGE_CHECK):b] + src[e:]
-    src = src.replace("from ._common import", "from fpq_core.kernels._common import")
-    d = tempfile.mkdtemp()
-    path = Path(d) / "quant_hot.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("fpq_quant_hot", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    def edit(src: str) -> str:
+        if _RANGE_CHECK not in src:
+            raise SystemExit("the global-scale range check was not found in quant.py; update _RANGE_CHECK")
+        a = src.index(_RANGE_CHECK)
+        b = src.index("            else:\n                s, sbyte = nv_scale(amax, g, True)", a)
+        end_marker = "                    z = 0.0\n"
+        e = src.index(end_marker, src.index("z = small_f(q, HW_ROUND)", b)) + len(end_marker)
+        return src[:a] + "            if True:\n" + src[a + len(_RANGE_CHECK):b] + src[e:]
+
+    return quant_module_copy(edit, "fpq_quant_hot")
 
 
 def _sass(kernel, constexprs: dict, num_warps: int, maxnreg: int | None) -> str:
