@@ -18,6 +18,8 @@ the packed codes from the integer path (``fma_codes=False``) and the multiply-ad
 default launch with the rotated values rounded to bf16 by Triton's cast (F2F, ``f2fp=False``) and
 by ``bf16_round_hw`` (F2FP), each twice, interleaved. ``--grid t128`` (with ``--rot 128``): 128-column
 tiles, rows per tile x warps (64x4, 32x2, 128x8, 32x4, 64x8) and stages 2/3, no register cap.
+``--grid rowstep``: the default launch with the row stride of the programs' walk (programs per
+column tile) from the default rule, 16, 12, 10 and 8 (the ``waves`` column then holds the stride).
 """
 from __future__ import annotations
 
@@ -38,7 +40,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--quick", action="store_true", help="same as --grid quick")
-    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap", "cvt", "t128"), default=None)
+    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap", "cvt", "t128", "rowstep"),
+                    default=None)
     ap.add_argument("--rot", type=int, default=None, help="rotation size (default: the format's group size)")
     ap.add_argument("--cases", default="a_8192x14336,w_4096x4096",
                     help=f"comma-separated, from {','.join(SHAPES)}")
@@ -75,6 +78,8 @@ def main(argv=None):
                 for waves in waves_list:
                     kw = dict(global_scale=g, plan=plan, block_m=bm, num_warps=nw, stages=st, waves=waves, maxnreg=mr,
                               fma_codes=fc, f2fp=cv)
+                    if grid_name == "rowstep":      # the list holds row strides (None: the default rule)
+                        kw.update(waves=None, row_step=waves)
                     r = {"case": name, "fmt": fmt, "rot": n, "block_m": bm, "tile": plan.tile, "num_warps": nw,
                          "stages": st, "maxnreg": mr, "fma_codes": fc, "f2fp": cv, "waves": waves}
                     try:
@@ -93,7 +98,7 @@ def main(argv=None):
                     if best is None or gbps > best["GBps"]:
                         best = r
             keys = ("case", "fmt", "rot", "block_m", "tile", "num_warps", "stages", "maxnreg", "fma_codes", "waves")
-            if grid_name not in ("occupancy", "codes", "regcap", "cvt", "t128"):
+            if grid_name not in ("occupancy", "codes", "regcap", "cvt", "t128", "rowstep"):
                 # the same best launch without the matrix-column order (ablation, same run)
                 kw = dict(global_scale=g, plan=make_plan(t, K, spec.group_size, tile=best["tile"]),
                           **{k: best[k] for k in ("block_m", "num_warps", "stages", "waves", "maxnreg", "fma_codes")},
@@ -119,6 +124,8 @@ def main(argv=None):
 
 def _grid(name: str, fmt: str):
     """(block_m, tile, num_warps, stages, maxnreg, fma_codes, f2fp, waves list) per config of a named grid."""
+    if name == "rowstep":       # the default tile; programs per column tile (row stride) given
+        return [(64, 64, 4, 3, None, None, None, (None, 16, 12, 10, 8))]
     if name == "t128":          # 128-column tiles (rotation 128): rows x warps, stages
         return [(bm, 128, nw, st, 0, None, None, (16,))
                 for (bm, nw), st in itertools.product(((64, 4), (32, 2), (128, 8), (32, 4), (64, 8)), (2, 3))]

@@ -337,7 +337,8 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
                  ITERS_C: tl.constexpr, F2FP: tl.constexpr):
     """Persistent: each program loads the rotation matrix once, keeps one column tile
     (pid % tiles_k) and walks the row blocks pid // tiles_k + i * row_step (the grid is
-    tiles_k * row_step programs, so no division per tile). MODE 0 rotated, 1 amax (one value per
+    tiles_k * row_step programs, so no division per tile; where row_step does not divide the row
+    blocks, some walks are one tile shorter). MODE 0 rotated, 1 amax (one value per
     program), 2 fake quant, 3 packed codes + scale bytes."""
     pid = tl.program_id(0)
     kk = tl.arange(0, T)
@@ -369,7 +370,11 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
                                  stride_xm, rot_scale, T, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
                                  HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP)
     else:
-        for it in tl.range(0, iters, num_stages=STAGES):
+        if EVEN:
+            n_it = iters
+        else:   # a walk ends at the last row block: no idle masked tile where the stride is uneven
+            n_it = tl.cdiv(tl.cdiv(M, BM) - pid_m0, row_step)
+        for it in tl.range(0, n_it, num_stages=STAGES):
             run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                  stride_xm, rot_scale, T, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
                                  HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP)
@@ -440,7 +445,7 @@ NV_LAUNCH = dict(DEFAULT_LAUNCH, maxnreg=96)     # NVFP4: a 96-register cap gave
 def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax=None, gs=None, gso=None,
             block_m=None, num_warps: int | None = None, waves: int | None = None, stages: int | None = None,
             mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
-            f2fp: bool | None = None):
+            f2fp: bool | None = None, row_step: int | None = None):
     """Launch the persistent kernel. MODE 1 returns its partial maxima (one per program, in a
     buffer allocated here); the other modes write into the given outputs and return None (mode 3,
     MX: ``gso`` receives a copy of ``gs``)."""
@@ -454,7 +459,11 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
     # tiles_k * row_step programs (about SMs * waves): each keeps its column tile and walks the
     # row blocks with stride row_step
     target = max(1, min(row_blocks, (_sm_count(x2.device) * (waves or dflt["waves"])) // tiles_k))
-    row_step, even = _row_stride(row_blocks, target, M % bm == 0)
+    if row_step is None:
+        row_step, even = _row_stride(row_blocks, target, M % bm == 0)
+    else:                                                   # benchmarks: the stride given
+        row_step = max(1, min(int(row_step), row_blocks))
+        even = M % bm == 0 and row_blocks % row_step == 0
     iters = triton.cdiv(row_blocks, row_step)
     nprog = tiles_k * row_step
     has_rot = plan.matrix is not None
@@ -500,7 +509,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
                     global_scale=None, plan: RotationPlan | None = None, block_m: int | None = None,
                     num_warps: int | None = None, waves: int | None = None, stages: int | None = None,
                     mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
-                    f2fp: bool | None = None):
+                    f2fp: bool | None = None, row_step: int | None = None):
     """Fused rotation + FP4 quantization; see the module docstring. ``global_scale`` (NVFP4):
     the fp32 encode scale to use; None computes it from the rotated input (an extra amax pass).
     A float or CPU tensor is checked here (finite, > 0); a CUDA tensor is used as is, without a
@@ -512,7 +521,8 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
     :func:`mma_column_order` off; ``fma_codes=False`` computes the packed codes with the integer
     ``e2m1_code`` instead of the multiply-add path (``e2m1_index_f`` + ``pack_codes_f``);
     ``f2fp=False`` rounds the rotated values to bf16 with Triton's cast (F2F on the conversion
-    unit) instead of :func:`bf16_round_hw` (F2FP on the ALU pipe)."""
+    unit) instead of :func:`bf16_round_hw` (F2FP on the ALU pipe); ``row_step`` sets the programs
+    per column tile (the stride of their walk over row blocks) instead of ``waves``."""
     if output not in _OUTPUTS:
         raise ValueError(f"output must be one of {list(_OUTPUTS)}, got {output!r}")
     if output in ("fake", "packed"):
@@ -529,7 +539,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
         x2 = x2.contiguous()
     M = x2.shape[0]
     launch = dict(block_m=block_m, num_warps=num_warps, waves=waves, stages=stages, mma_order=mma_order, maxnreg=maxnreg,
-                  fma_codes=fma_codes, f2fp=f2fp)
+                  fma_codes=fma_codes, f2fp=f2fp, row_step=row_step)
     if output == "rotated":
         out = torch.empty_like(x2)
         _launch(x2, plan, spec, 0, out=out, **launch)

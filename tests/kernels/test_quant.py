@@ -171,7 +171,7 @@ def test_launch_configurations_give_the_same_bytes(dev, name):
     fake = rotate_quantize(x, spec, t, "fake", global_scale=gs)
     for kw in (dict(waves=1), dict(waves=2), dict(block_m=128, num_warps=8), dict(block_m=32),
                dict(mma_order=False), dict(stages=2, waves=3), dict(maxnreg=72), dict(fma_codes=False),
-               dict(f2fp=False)):
+               dict(f2fp=False), dict(row_step=2)):
         pk, sb, _ = rotate_quantize(x, spec, t, "packed", global_scale=gs, **kw)
         assert torch.equal(pk, ref[0]) and torch.equal(sb, ref[1]), kw
         assert torch.equal(_bits(rotate_quantize(x, spec, t, "fake", global_scale=gs, **kw)), _bits(fake)), kw
