@@ -435,6 +435,19 @@ def _row_stride(row_blocks: int, target: int, whole_blocks: bool) -> tuple[int, 
     return step, whole_blocks and step * iters == row_blocks
 
 
+def grid_stride(row_blocks: int, tiles_k: int, sms: int, waves: int, small_waves: int | None,
+                whole_blocks: bool) -> tuple[int, bool]:
+    """(row stride, unmasked) of the persistent grid: tiles_k * stride programs, about
+    ``sms * waves``; where that leaves a program one or two tiles and ``small_waves`` is given,
+    about ``sms * small_waves`` programs instead (each then walks several tiles)."""
+    target = max(1, min(row_blocks, (sms * waves) // tiles_k))
+    step, even = _row_stride(row_blocks, target, whole_blocks)
+    if small_waves and -(-row_blocks // step) <= 2:
+        target = max(1, min(row_blocks, (sms * small_waves) // tiles_k))
+        step, even = _row_stride(row_blocks, target, whole_blocks)
+    return step, even
+
+
 # Launch defaults from benchmarks/sweep_quant_kernel.py on the H100 (docs/performance.md).
 # ``maxnreg``: a cap on registers per thread (None: the compiler's choice), which sets how many
 # programs fit on an SM. ``small_waves``: programs per SM where ``waves`` would leave a program
@@ -461,12 +474,9 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
     row_blocks = triton.cdiv(M, bm)
     # tiles_k * row_step programs (about SMs * waves): each keeps its column tile and walks the
     # row blocks with stride row_step
-    target = max(1, min(row_blocks, (_sm_count(x2.device) * (waves or dflt["waves"])) // tiles_k))
     if row_step is None:
-        row_step, even = _row_stride(row_blocks, target, M % bm == 0)
-        if waves is None and triton.cdiv(row_blocks, row_step) <= 2:     # small M: see DEFAULT_LAUNCH
-            target = max(1, min(row_blocks, (_sm_count(x2.device) * dflt["small_waves"]) // tiles_k))
-            row_step, even = _row_stride(row_blocks, target, M % bm == 0)
+        row_step, even = grid_stride(row_blocks, tiles_k, _sm_count(x2.device), waves or dflt["waves"],
+                                     None if waves else dflt["small_waves"], M % bm == 0)
     else:                                                   # benchmarks: the stride given
         row_step = max(1, min(int(row_step), row_blocks))
         even = M % bm == 0 and row_blocks % row_step == 0
