@@ -425,7 +425,8 @@ def _row_stride(row_blocks: int, target: int, whole_blocks: bool) -> tuple[int, 
     """The row-block stride of the programs' walk (programs per column tile), near ``target``:
     a divisor of ``row_blocks`` in [3/4 target, target] where one exists and the row blocks are
     whole (then every walk is full and the kernel needs no masks: ``even``), else the balanced
-    stride cdiv(row_blocks, iters) (same iteration count, fewest idle last iterations)."""
+    stride cdiv(row_blocks, iters) (same iteration count; the kernel ends each walk at the last
+    row block, so some walks are one tile shorter)."""
     if whole_blocks:
         for d in range(target, max(1, (3 * target) // 4) - 1, -1):
             if row_blocks % d == 0:
@@ -458,13 +459,13 @@ DEFAULT_LAUNCH = {"block_m": 64, "num_warps": 4, "waves": 16, "stages": 3, "maxn
 NV_LAUNCH = dict(DEFAULT_LAUNCH, maxnreg=96)     # NVFP4: a 96-register cap gave 1-3% (64-column bf16 tiles)
 
 
-def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax=None, gs=None, gso=None,
-            block_m=None, num_warps: int | None = None, waves: int | None = None, stages: int | None = None,
+def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax=None, gs=None, block_m=None, num_warps: int | None = None, waves: int | None = None, stages: int | None = None,
             mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
             f2fp: bool | None = None, row_step: int | None = None):
     """Launch the persistent kernel. MODE 1 returns its partial maxima (one per program, in a
-    buffer allocated here); the other modes write into the given outputs and return None (mode 3,
-    MX: ``gso`` receives a copy of ``gs``)."""
+    buffer allocated here); MODE 3 with an MX format returns the global scale the kernel copied
+    from ``gs`` into a tensor allocated here (so the caller's constant is never handed out); the
+    other modes write into the given outputs and return None."""
     M, K = x2.shape
     T, G = plan.tile, spec.group_size
     is_nv = spec.scale_precision == "e4m3" if spec is not None else False
@@ -497,8 +498,7 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
     rowp = perm and bm % (16 * nw) == 0
     if mode == 1:
         amax = torch.empty(nprog, dtype=torch.float32, device=x2.device)
-    if mode == 3 and not is_nv and gso is None:         # the kernel writes it: never into the dummy
-        gso = torch.empty(1, dtype=torch.float32, device=x2.device)
+    gso = torch.empty(1, dtype=torch.float32, device=x2.device) if mode == 3 and not is_nv else None
     dummy = x2
     fcode = True if fma_codes is None else bool(fma_codes)
     if mode == 3 and fcode:
@@ -518,7 +518,7 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
         STAGES=None if interp else (stages or dflt["stages"]), ITERS_C=iters if interp else 0, num_warps=nw,
         F2FP=True if f2fp is None else bool(f2fp),
         enable_fp_fusion=False, **extra)
-    return amax if mode == 1 else None
+    return amax if mode == 1 else gso
 
 
 def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: str = "fake",
@@ -581,11 +581,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
         return out.reshape(x.shape)
     pk = torch.empty(M, K // 2, dtype=torch.uint8, device=x.device)
     sb = torch.empty(M, K // spec.group_size, dtype=torch.uint8, device=x.device)
-    if spec.scale_precision == "e4m3":
-        _launch(x2, plan, spec, 3, pk=pk, sb=sb, gs=gs, **launch)
-        return pk, sb, gs
     # MX: the returned global scale is the kernel's own copy of the constant (a clone here was a
     # second kernel, 1.2-1.5 us in a CUDA graph: benchmarks/profile_quant_kernel.py --timeline)
-    gso = torch.empty(1, dtype=torch.float32, device=x.device)
-    _launch(x2, plan, spec, 3, pk=pk, sb=sb, gs=gs, gso=gso, **launch)
-    return pk, sb, gso
+    gso = _launch(x2, plan, spec, 3, pk=pk, sb=sb, gs=gs, **launch)
+    return pk, sb, (gs if spec.scale_precision == "e4m3" else gso)
