@@ -207,12 +207,11 @@ def _child(cases):
     torch.cuda.profiler.stop()
 
 
-_KEEP = ("gpu__time_duration.sum", "dram__throughput.avg.pct_of_peak_sustained_elapsed",
-         "dram__bytes_read.sum", "dram__bytes_write.sum", "sm__throughput.avg.pct_of_peak_sustained_elapsed",
+_KEEP = ("gpu__time_duration.sum", "dram__bytes.sum.per_second", "dram__cycles_active.avg.pct_of_peak_sustained_elapsed",
+         "gpc__cycles_elapsed.avg.per_second", "sm__throughput.avg.pct_of_peak_sustained_elapsed",
          "smsp__issue_active.avg.pct_of_peak_sustained_active", "sm__warps_active.avg.pct_of_peak_sustained_active",
          "smsp__inst_executed.sum", "launch__registers_per_thread", "launch__occupancy_limit_registers",
-         "launch__occupancy_limit_shared_mem", "launch__grid_size", "sm__cycles_elapsed.avg.per_second",
-         "lts__t_sector_hit_rate.pct")
+         "launch__occupancy_limit_shared_mem", "launch__grid_size", "lts__t_sector_hit_rate.pct")
 
 
 def run_ncu(cases, out: Path) -> list[dict]:
@@ -234,9 +233,14 @@ def run_ncu(cases, out: Path) -> list[dict]:
     raw = subprocess.run([str(exe), "--import", str(rep) + ".ncu-rep", "--page", "raw", "--csv"],
                          capture_output=True, text=True, timeout=300).stdout
     (out / "ncu_raw.csv").write_text(raw)
+    return parse_ncu_raw(raw, [_label(c) for c in cases])
+
+
+def parse_ncu_raw(raw: str, labels: list[str]) -> list[dict]:
+    """Rows of ``ncu --page raw --csv`` (a quant kernel and its copy per case, in order) -> the
+    kept metrics (``_KEEP``, stall reasons, pipe use) per kernel."""
     rows = list(csv.reader(io.StringIO(raw)))
-    head, units, body = rows[0], rows[1], rows[2:]
-    labels = [_label(c) for c in cases]
+    head, body = rows[0], rows[2:]                 # rows[1]: units
     res = []
     for i, vals in enumerate(body):
         d = dict(zip(head, vals))
@@ -280,7 +284,7 @@ def main(argv=None):
         torch.cuda.empty_cache()
         rows = run_ncu(cases, out)
         payload["ncu"] = rows
-        cols = ["case", "kernel", "gpu__time_duration.sum", "dram__throughput.avg.pct_of_peak_sustained_elapsed",
+        cols = ["case", "kernel", "gpu__time_duration.sum", "dram__bytes.sum.per_second", "gpc__cycles_elapsed.avg.per_second",
                 "smsp__issue_active.avg.pct_of_peak_sustained_active", "sm__warps_active.avg.pct_of_peak_sustained_active",
                 "launch__registers_per_thread"]
         print(table(rows, cols))
