@@ -7,7 +7,7 @@ written / time) against a device-to-device copy timed the same way in the same r
 bytes are checked against the default launch. Writes OUT/sweep_quant_kernel.json; the best
 config per case is printed (DEFAULT_LAUNCH in fpq_core/kernels/quant.py comes from here).
 
-    python benchmarks/sweep_quant_kernel.py --out OUT [--grid quick|full|occupancy|codes|regcap|cvt] [--cases a,b]
+    python benchmarks/sweep_quant_kernel.py --out OUT [--grid quick|full|occupancy|codes|regcap|cvt|t128|rowstep] [--cases a,b]
                                                       [--formats mxfp4,nvfp4] [--rot N] [--tag NAME]
 
 ``--grid occupancy``: 64-column tiles, 4 warps; rows 32/64, stages 2/3, maxnreg none/96/80/72
@@ -19,7 +19,7 @@ default launch with the rotated values rounded to bf16 by Triton's cast (F2F, ``
 by ``bf16_round_hw`` (F2FP), each twice, interleaved. ``--grid t128`` (with ``--rot 128``): 128-column
 tiles, rows per tile x warps (64x4, 32x2, 128x8, 32x4, 64x8) and stages 2/3, no register cap.
 ``--grid rowstep``: the default launch with the row stride of the programs' walk (programs per
-column tile) from the default rule, 16, 12, 10 and 8 (the ``waves`` column then holds the stride).
+column tile) from the default rule, 16, 12, 10 and 8 (recorded as ``row_step``; None: the rule).
 """
 from __future__ import annotations
 
@@ -78,10 +78,11 @@ def main(argv=None):
                 for waves in waves_list:
                     kw = dict(global_scale=g, plan=plan, block_m=bm, num_warps=nw, stages=st, waves=waves, maxnreg=mr,
                               fma_codes=fc, f2fp=cv)
-                    if grid_name == "rowstep":      # the list holds row strides (None: the default rule)
-                        kw.update(waves=None, row_step=waves)
                     r = {"case": name, "fmt": fmt, "rot": n, "block_m": bm, "tile": plan.tile, "num_warps": nw,
                          "stages": st, "maxnreg": mr, "fma_codes": fc, "f2fp": cv, "waves": waves}
+                    if grid_name == "rowstep":      # the list holds row strides (None: the default rule)
+                        kw.update(waves=None, row_step=waves)
+                        r.update(waves=None, row_step=waves)
                     try:
                         out = rotate_quantize(xs[0], spec, t, "packed", **kw)
                         r.update(last_launch_resources())
@@ -110,7 +111,7 @@ def main(argv=None):
                 best["no_mma_order_pct_copy"] = 100 * gbps * 1e9 / copy
             extra = (f"; without the column order {best['no_mma_order_pct_copy']:.0f}%"
                      if "no_mma_order_pct_copy" in best else "")
-            print(f"{name:14s} {fmt}: best " + " ".join(f"{k}={best[k]}" for k in keys[3:])
+            print(f"{name:14s} {fmt}: best " + " ".join(f"{k}={best[k]}" for k in keys[3:] + ("row_step",) if k in best)
                   + f" (regs {best.get('n_regs')}, smem {best.get('shared')}): {best['ms'] * 1e3:.1f} us, "
                   f"{best['GBps']:.0f} GB/s = {best['pct_copy']:.0f}% of copy ({copy / 1e9:.0f} GB/s){extra}", flush=True)
         del xs
