@@ -116,9 +116,10 @@ def count_loop(kernel, fmt: str, fma_codes: bool = True, even: bool = True, f2fp
     nv = fmt == "nvfp4"
     launch = NV_LAUNCH if nv else DEFAULT_LAUNCH
     bm, nw, T = launch["block_m"], launch["num_warps"], 64
-    c = dict(T=T, G=16 if nv else 32, BM=bm, HAS_ROT=True, DOT_LOWP=True, POST_SCALE=not nv, MODE=3,
+    c = dict(T=T, TO=T, G=16 if nv else 32, BM=bm, HAS_ROT=True, DOT_LOWP=True, POST_SCALE=not nv, MODE=3,
              IS_NV=nv, IS_BF16=True, HW_ROUND=True, MX_MUL=not nv, NV_FMA=nv, PERM=True, ROWP=True,
-             NW=nw, FCODE=fma_codes, EVEN=even, STAGES=launch["stages"], ITERS_C=0, F2FP=f2fp)
+             NW=nw, FCODE=fma_codes, EVEN=even, STAGES=launch["stages"], ITERS_C=0, F2FP=f2fp,
+             HGEN=16 if nv else 32, HVAL=0.25 if nv else 1.0)     # the Hadamard built in the kernel, as launched
     cnt = loop_counts(_sass(kernel, c, nw, launch["maxnreg"]))
     pipes = collections.Counter()
     for op, n in cnt.items():

@@ -7,7 +7,7 @@ written / time) against a device-to-device copy timed the same way in the same r
 bytes are checked against the default launch. Writes OUT/sweep_quant_kernel.json; the best
 config per case is printed (DEFAULT_LAUNCH in fpq_core/kernels/quant.py comes from here).
 
-    python benchmarks/sweep_quant_kernel.py --out OUT [--grid quick|full|occupancy|codes|regcap|cvt|t128|rowstep] [--cases a,b]
+    python benchmarks/sweep_quant_kernel.py --out OUT [--grid quick|full|occupancy|codes|regcap|cvt|t128|rowstep|split|gen] [--cases a,b]
                                                       [--formats mxfp4,nvfp4] [--rot N] [--tag NAME]
 
 ``--grid occupancy``: 64-column tiles, 4 warps; rows 32/64, stages 2/3, maxnreg none/96/80/72
@@ -20,6 +20,10 @@ by ``bf16_round_hw`` (F2FP), each twice, interleaved. ``--grid t128`` (with ``--
 tiles, rows per tile x warps (64x4, 32x2, 128x8, 32x4, 64x8) and stages 2/3, no register cap.
 ``--grid rowstep``: the default launch with the row stride of the programs' walk (programs per
 column tile) from the default rule, 16, 12, 10 and 8 (recorded as ``row_step``; None: the rule).
+``--grid gen``: the default launch with the Hadamard matrix loaded from memory
+(``gen_matrix=False``) and built in the kernel, each twice, interleaved. ``--grid split`` (with ``--rot 128``): the 128-column Hadamard tile rotated by one (128, 128) dot
+(``split=False``) against two 64-column halves (``split=True``, see ``_rotq_tile``), stages 2/3,
+register caps none/128, 4 or 8 warps, programs per SM (waves) 3, 4 and 16.
 """
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--quick", action="store_true", help="same as --grid quick")
-    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap", "cvt", "t128", "rowstep"),
+    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen"),
                     default=None)
     ap.add_argument("--rot", type=int, default=None, help="rotation size (default: the format's group size)")
     ap.add_argument("--cases", default="a_8192x14336,w_4096x4096",
@@ -73,13 +77,14 @@ def main(argv=None):
             ref = rotate_quantize(xs[0], spec, t, "packed", global_scale=g)
             nbytes = M * K * 2 + M * K // 2 + M * K // spec.group_size
             best = None
-            for bm, tile, nw, st, mr, fc, cv, waves_list in _grid(grid_name, fmt):
+            for bm, tile, nw, st, mr, fc, cv, waves_list, *more in _grid(grid_name, fmt):
+                ext = more[0] if more else {}           # further launch options (split, gen_matrix)
                 plan = make_plan(t, K, spec.group_size, tile=tile)
                 for waves in waves_list:
                     kw = dict(global_scale=g, plan=plan, block_m=bm, num_warps=nw, stages=st, waves=waves, maxnreg=mr,
-                              fma_codes=fc, f2fp=cv)
+                              fma_codes=fc, f2fp=cv, **ext)
                     r = {"case": name, "fmt": fmt, "rot": n, "block_m": bm, "tile": plan.tile, "num_warps": nw,
-                         "stages": st, "maxnreg": mr, "fma_codes": fc, "f2fp": cv, "waves": waves}
+                         "stages": st, "maxnreg": mr, "fma_codes": fc, "f2fp": cv, "waves": waves, **ext}
                     if grid_name == "rowstep":      # the list holds row strides (None: the default rule)
                         kw.update(waves=None, row_step=waves)
                         r.update(waves=None, row_step=waves)
@@ -99,7 +104,7 @@ def main(argv=None):
                     if best is None or gbps > best["GBps"]:
                         best = r
             keys = ("case", "fmt", "rot", "block_m", "tile", "num_warps", "stages", "maxnreg", "fma_codes", "waves")
-            if grid_name not in ("occupancy", "codes", "regcap", "cvt", "t128", "rowstep"):
+            if grid_name not in ("occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen"):
                 # the same best launch without the matrix-column order (ablation, same run)
                 kw = dict(global_scale=g, plan=make_plan(t, K, spec.group_size, tile=best["tile"]),
                           **{k: best[k] for k in ("block_m", "num_warps", "stages", "waves", "maxnreg", "fma_codes")},
@@ -111,7 +116,8 @@ def main(argv=None):
                 best["no_mma_order_pct_copy"] = 100 * gbps * 1e9 / copy
             extra = (f"; without the column order {best['no_mma_order_pct_copy']:.0f}%"
                      if "no_mma_order_pct_copy" in best else "")
-            print(f"{name:14s} {fmt}: best " + " ".join(f"{k}={best[k]}" for k in keys[3:] + ("row_step",) if k in best)
+            print(f"{name:14s} {fmt}: best " + " ".join(f"{k}={best[k]}" for k in keys[3:] + ("row_step", "split", "gen_matrix")
+                                                         if k in best)
                   + f" (regs {best.get('n_regs')}, smem {best.get('shared')}): {best['ms'] * 1e3:.1f} us, "
                   f"{best['GBps']:.0f} GB/s = {best['pct_copy']:.0f}% of copy ({copy / 1e9:.0f} GB/s){extra}", flush=True)
         del xs
@@ -124,7 +130,14 @@ def main(argv=None):
 
 
 def _grid(name: str, fmt: str):
-    """(block_m, tile, num_warps, stages, maxnreg, fma_codes, f2fp, waves list) per config of a named grid."""
+    """(block_m, tile, num_warps, stages, maxnreg, fma_codes, f2fp, waves list[, further launch options])
+    per config of a named grid."""
+    if name == "split":         # 128-column Hadamard tiles: one dot vs two halves
+        return ([(64, 128, 4, 3, 0, None, None, (3, 16), {"split": False})]
+                + [(bm, 128, nw, st, mr, None, None, (3, 4, 16), {"split": True})
+                   for (bm, nw), st, mr in itertools.product(((64, 4), (128, 8)), (2, 3), (0, 128))])
+    if name == "gen":           # the default launch, the Hadamard matrix loaded or built, each twice, interleaved
+        return [(None, None, None, None, None, None, None, (None,), {"gen_matrix": gm}) for gm in (False, True, False, True)]
     if name == "rowstep":       # the default tile; programs per column tile (row stride) given
         return [(64, 64, 4, 3, None, None, None, (None, 16, 12, 10, 8))]
     if name == "t128":          # 128-column tiles (rotation 128): rows x warps, stages

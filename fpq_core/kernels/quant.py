@@ -82,12 +82,34 @@ class RotationPlan:
         self.foldable = scale is not None and math.frexp(scale)[0] == 0.5
         self._cache: dict = {}
 
-    def on(self, device, dtype, folded: bool = False, permuted: bool = False) -> torch.Tensor:
-        """The matrix on ``device``; ``permuted``: columns in the order of :func:`mma_column_order`."""
-        k = (str(device), dtype, folded, permuted)
+    @property
+    def splittable(self) -> bool:
+        """The tile is one Sylvester block [[H, H], [H, -H]] of 128 columns: the kernel can rotate it
+        as two 64-column halves (``split`` in :func:`_rotq_tile`), same sums, half the registers."""
+        if self.matrix is None or self.tile != 128 or self.n != self.tile or self.scale is None:
+            return False
+        if "split_ok" not in self._cache:
+            m, h = self.matrix, self.tile // 2
+            a = m[:h, :h]
+            self._cache["split_ok"] = bool(torch.equal(m[:h, h:], a) and torch.equal(m[h:, :h], a)
+                                           and torch.equal(m[h:, h:], -a))
+        return self._cache["split_ok"]
+
+    def on(self, device, dtype, folded: bool = False, permuted: bool = False, split: bool = False) -> torch.Tensor:
+        """The matrix on ``device``; ``permuted``: columns in the order of :func:`mma_column_order`.
+        ``split`` (only where :attr:`splittable`): the (T/2, T/2) block H stacked over -H."""
+        k = (str(device), dtype, folded, permuted, split)
         if k not in self._cache:
             m = self.matrix * self.scale if folded else self.matrix
-            if permuted:
+            if split:
+                if not self.splittable:
+                    raise ValueError("this rotation plan cannot be split (not one 128-column Sylvester block)")
+                h = self.tile // 2
+                m = m[:h, :h]
+                if permuted:
+                    m = m[:, mma_column_order(h)]
+                m = torch.cat([m, -m])
+            elif permuted:
                 m = m[:, mma_column_order(self.tile)]
             self._cache[k] = m.to(device=device, dtype=dtype).contiguous()
         return self._cache[k]
@@ -173,42 +195,103 @@ def rotate_quantize_twin(x: torch.Tensor, spec: QuantSpec, transform=None, outpu
 
 # ----------------------------------------------------------------------------- kernel
 @triton.jit
-def _rotq_tile(pid_m, pid_k, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K, stride_xm, rot_scale,
-               T: tl.constexpr, G: tl.constexpr, BM: tl.constexpr,
+def _round_rotated(y, rot_scale, x_ptr, POST_SCALE: tl.constexpr, IS_BF16: tl.constexpr, HW_ROUND: tl.constexpr,
+                   F2FP: tl.constexpr):
+    """The fp32 dot times fl32(1/sqrt n) where not folded, rounded to the input dtype as the
+    transforms do (the hardware cast rounds to nearest even; Triton's CPU interpreter truncates
+    bf16, hence the bit version there)."""
+    if POST_SCALE:
+        y = y * rot_scale
+    if HW_ROUND:
+        if F2FP and IS_BF16:    # on the ALU pipe, not the conversion unit (see bf16_round_hw)
+            y = bf16_round_hw(y)
+        else:
+            y = y.to(x_ptr.dtype.element_ty).to(tl.float32)
+    else:
+        y = round_to_dtype(y, IS_BF16).to(x_ptr.dtype.element_ty).to(tl.float32)
+    return y
+
+
+@triton.jit
+def _rotq_tile(pid_m, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K, stride_xm,
+               rot_scale, T: tl.constexpr, TO: tl.constexpr, G: tl.constexpr, BM: tl.constexpr,
                HAS_ROT: tl.constexpr, DOT_LOWP: tl.constexpr, POST_SCALE: tl.constexpr,
                MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
                HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
                ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr,
                F2FP: tl.constexpr):
-    """One (BM, T) tile: load, rotate, then store / track amax / quantize (see _rotq_kernel)."""
+    """One (BM, T) tile: load, rotate, then store / track amax / quantize (see _rotq_kernel).
+
+    ``TO == T``: one dot with the (T, T) block matrix. ``TO == T // 2`` (the split, for a
+    Sylvester Hadamard of size T = 2 TO): with the tile's halves a, b and H_T = [[H, H], [H, -H]],
+    y = [a H + b H | a H + b (-H)]; each half is one chain of matrix-unit steps over a then b with
+    ``mat`` = H and ``mat2`` = -H (TO x TO, columns in the matrix-unit order), i.e. the same fp32
+    sums in the same order as the (BM, T) x (T, T) dot, but half the accumulator registers and half
+    the matrix in shared memory; each half then goes through the epilogue on its own."""
+    rows = pid_m * BM + tl.arange(0, BM)
+    if TO == T:
+        kk = tl.arange(0, T)
+        if EVEN:        # every row block of every program's walk is whole and inside: no masks
+            x = tl.load(x_ptr + rows[:, None] * stride_xm + (pid_k * T + kk)[None, :])
+        else:           # the mask also covers the row blocks past the end of a program's walk
+            x = tl.load(x_ptr + rows[:, None] * stride_xm + (pid_k * T + kk)[None, :], mask=rows[:, None] < M, other=0.0)
+        if HAS_ROT:
+            if DOT_LOWP:   # bf16/fp16 input times the exact +-1 matrix: tensor cores, fp32 accumulate
+                y = tl.dot(x, mat, out_dtype=tl.float32)
+            else:
+                y = tl.dot(x.to(tl.float32), mat, input_precision="ieee", out_dtype=tl.float32)
+            y = _round_rotated(y, rot_scale, x_ptr, POST_SCALE, IS_BF16, HW_ROUND, F2FP)
+        else:
+            y = x.to(tl.float32)
+        run_max = _rotq_epi(y, pid_m, pid_k, 0, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
+                            T, T, G, BM, HAS_ROT, DOT_LOWP, MODE, IS_NV, IS_BF16, HW_ROUND, MX_MUL, NV_FMA, PERM,
+                            ROWP, NW, FCODE, EVEN)
+    else:
+        kh = tl.arange(0, TO)
+        pa = x_ptr + rows[:, None] * stride_xm + (pid_k * T + kh)[None, :]
+        if EVEN:
+            xa = tl.load(pa)
+            xb = tl.load(pa + TO)
+        else:
+            xa = tl.load(pa, mask=rows[:, None] < M, other=0.0)
+            xb = tl.load(pa + TO, mask=rows[:, None] < M, other=0.0)
+        if DOT_LOWP:
+            y = tl.dot(xb, mat, acc=tl.dot(xa, mat, out_dtype=tl.float32), out_dtype=tl.float32)
+        else:
+            y = tl.dot(xb.to(tl.float32), mat, acc=tl.dot(xa.to(tl.float32), mat, input_precision="ieee",
+                                                         out_dtype=tl.float32), input_precision="ieee", out_dtype=tl.float32)
+        y = _round_rotated(y, rot_scale, x_ptr, POST_SCALE, IS_BF16, HW_ROUND, F2FP)
+        run_max = _rotq_epi(y, pid_m, pid_k, 0, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
+                            T, TO, G, BM, HAS_ROT, DOT_LOWP, MODE, IS_NV, IS_BF16, HW_ROUND, MX_MUL, NV_FMA, PERM,
+                            ROWP, NW, FCODE, EVEN)
+        if DOT_LOWP:
+            y = tl.dot(xb, mat2, acc=tl.dot(xa, mat, out_dtype=tl.float32), out_dtype=tl.float32)
+        else:
+            y = tl.dot(xb.to(tl.float32), mat2, acc=tl.dot(xa.to(tl.float32), mat, input_precision="ieee",
+                                                          out_dtype=tl.float32), input_precision="ieee", out_dtype=tl.float32)
+        y = _round_rotated(y, rot_scale, x_ptr, POST_SCALE, IS_BF16, HW_ROUND, F2FP)
+        run_max = _rotq_epi(y, pid_m, pid_k, 1, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
+                            T, TO, G, BM, HAS_ROT, DOT_LOWP, MODE, IS_NV, IS_BF16, HW_ROUND, MX_MUL, NV_FMA, PERM,
+                            ROWP, NW, FCODE, EVEN)
+    return run_max
+
+
+@triton.jit
+def _rotq_epi(y, pid_m, pid_k, CH: tl.constexpr, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
+              TT: tl.constexpr, T: tl.constexpr, G: tl.constexpr, BM: tl.constexpr,
+              HAS_ROT: tl.constexpr, DOT_LOWP: tl.constexpr,
+              MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
+              HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
+              ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr):
+    """Chunk CH (T columns) of the (BM, TT) tile (pid_m, pid_k), rotated and rounded in y:
+    store it (MODE 0), track its amax (1), or quantize it (2 fake, 3 packed)."""
     kk = tl.arange(0, T)
     NG: tl.constexpr = T // G
     rows = pid_m * BM + tl.arange(0, BM)
-    cols = pid_k * T + kk
-    if EVEN:        # every row block of every program's walk is whole and inside: no masks
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :])
-    else:           # rmask also masks the row blocks past the end of a program's walk
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=rows[:, None] < M, other=0.0)
+    cols = pid_k * TT + CH * T + kk
     if HAS_ROT:
-        if DOT_LOWP:   # bf16/fp16 input times the exact +-1 matrix: tensor cores, fp32 accumulate
-            y = tl.dot(x, mat, out_dtype=tl.float32)
-        else:
-            y = tl.dot(x.to(tl.float32), mat, input_precision="ieee", out_dtype=tl.float32)
         if PERM:    # mat's columns are in mma_column_order: back to column order (no data moves)
             y = tl.reshape(tl.permute(tl.reshape(y, (BM, T // 8, 4, 2)), (0, 2, 1, 3)), (BM, T))
-        if POST_SCALE:
-            y = y * rot_scale
-        # rounded to the input dtype, as the transforms do (the hardware cast rounds to nearest
-        # even; Triton's CPU interpreter truncates bf16, hence the bit version there)
-        if HW_ROUND:
-            if F2FP and IS_BF16:    # on the ALU pipe, not the conversion unit (see bf16_round_hw)
-                y = bf16_round_hw(y)
-            else:
-                y = y.to(x_ptr.dtype.element_ty).to(tl.float32)
-        else:
-            y = round_to_dtype(y, IS_BF16).to(x_ptr.dtype.element_ty).to(tl.float32)
-    else:
-        y = x.to(tl.float32)
     if ROWP:
         # Relabel the tile's rows (a logical reshape + permute, no data moves) so that the rows each
         # warp holds after the matrix units are the rows the stores' coalesced layout gives it:
@@ -301,14 +384,14 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, 
                 # MX: |q| < 6 (1 + 2^-20), no saturation needed.
                 codef = tl.fma(z, 8.0, e2m1_index_f(tl.abs(q), IS_NV))
                 words = pack_codes_f(tl.reshape(codef, (BM, T)), BM, T)
-                wcols = pid_k * (T // 8) + tl.arange(0, T // 8)
+                wcols = pid_k * (TT // 8) + CH * (T // 8) + tl.arange(0, T // 8)
                 tl.store(pk_ptr + srows[:, None] * (K // 8) + wcols[None, :], words, mask=rmask)
             else:
                 code = e2m1_code(q, y3, IS_NV)     # MX: |q| < 6 (1 + 2^-20), no saturation needed
                 lo, hi = tl.split(tl.reshape(code, (BM, T // 2, 2)))
-                pcols = pid_k * (T // 2) + tl.arange(0, T // 2)
+                pcols = pid_k * (TT // 2) + CH * (T // 2) + tl.arange(0, T // 2)
                 tl.store(pk_ptr + srows[:, None] * (K // 2) + pcols[None, :], (lo | (hi << 4)).to(tl.uint8), mask=rmask)
-            gcols = pid_k * NG + tl.arange(0, NG)
+            gcols = pid_k * (TT // G) + CH * NG + tl.arange(0, NG)
             sptr = sb_ptr + srows[:, None] * (K // G) + gcols[None, :]
             if HW_ROUND and not IS_NV:
                 # MX: a group spans two lanes, a layout Triton's coalesced store would shuffle
@@ -327,28 +410,63 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, 
 
 
 @triton.jit
+def _sylvester_tile(R: tl.constexpr, N: tl.constexpr, PERM: tl.constexpr, V: tl.constexpr):
+    """The (R, R) block-diagonal matrix of Sylvester Hadamard blocks of size N (N <= 256) with entries
+    +-V -- (-1)^popcount(i & j) within a block, 0 outside -- its columns in mma_column_order where
+    PERM: the matrix of RotationPlan.on(folded, permuted), built in registers (a few hundred integer
+    instructions per program) instead of loaded, so that a program's first tile loads do not
+    wait behind a load of the matrix."""
+    i = tl.arange(0, R)[:, None]
+    j = tl.arange(0, R)[None, :]
+    if PERM:
+        j = ((j % 8) // 2) * (R // 4) + 2 * (j // 8) + j % 2
+    p = i & j & (N - 1)
+    p = p ^ (p >> 4)
+    p = p ^ (p >> 2)
+    p = p ^ (p >> 1)
+    return tl.where((i // N) == (j // N), tl.where((p & 1) == 1, -V, V), 0.0)
+
+
+@triton.jit
 def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_ptr,
                  M, K, stride_xm, rot_scale, tiles_k, row_step, iters,
-                 T: tl.constexpr, G: tl.constexpr, BM: tl.constexpr,
+                 T: tl.constexpr, TO: tl.constexpr, G: tl.constexpr, BM: tl.constexpr,
                  HAS_ROT: tl.constexpr, DOT_LOWP: tl.constexpr, POST_SCALE: tl.constexpr,
                  MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
                  HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
                  ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr,
-                 ITERS_C: tl.constexpr, F2FP: tl.constexpr):
+                 ITERS_C: tl.constexpr, F2FP: tl.constexpr, HGEN: tl.constexpr, HVAL: tl.constexpr):
     """Persistent: each program loads the rotation matrix once, keeps one column tile
     (pid % tiles_k) and walks the row blocks pid // tiles_k + i * row_step (the grid is
     tiles_k * row_step programs, so no division per tile; where row_step does not divide the row
     blocks, some walks are one tile shorter). MODE 0 rotated, 1 amax (one value per
-    program), 2 fake quant, 3 packed codes + scale bytes."""
+    program), 2 fake quant, 3 packed codes + scale bytes. ``TO < T``: the split rotation of
+    _rotq_tile, m_ptr holding H and -H (2 TO x TO). ``HGEN`` > 0: the matrix is the Sylvester
+    Hadamard of that size with entries +-HVAL, built here (_sylvester_tile), not loaded."""
     pid = tl.program_id(0)
-    kk = tl.arange(0, T)
+    kk = tl.arange(0, TO)
     if HAS_ROT:
-        if DOT_LOWP:
-            mat = tl.load(m_ptr + kk[:, None] * T + kk[None, :])
+        if HGEN > 0:
+            mat = _sylvester_tile(TO, HGEN, PERM, HVAL)
+            if TO < T:
+                mat2 = _sylvester_tile(TO, HGEN, PERM, -HVAL)
+            else:
+                mat2 = mat
+            if DOT_LOWP:
+                mat = mat.to(x_ptr.dtype.element_ty)
+                mat2 = mat2.to(x_ptr.dtype.element_ty)
         else:
-            mat = tl.load(m_ptr + kk[:, None] * T + kk[None, :]).to(tl.float32)
+            mat = tl.load(m_ptr + kk[:, None] * TO + kk[None, :])
+            if TO < T:
+                mat2 = tl.load(m_ptr + TO * TO + kk[:, None] * TO + kk[None, :])
+            else:
+                mat2 = mat
+            if not DOT_LOWP:
+                mat = mat.to(tl.float32)
+                mat2 = mat2.to(tl.float32)
     else:
         mat = 0.0
+        mat2 = 0.0
     if IS_NV and MODE >= 2:
         g = tl.load(gs_ptr)
     else:
@@ -361,13 +479,13 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
         rg = 1.0
         zbyte = 0
         kz = 1.0
-    run_max = tl.zeros((BM, T), dtype=tl.float32)
+    run_max = tl.zeros((BM, TO), dtype=tl.float32)
     pid_k = pid % tiles_k
     pid_m0 = pid // tiles_k
     if ITERS_C > 0:      # Triton's CPU interpreter needs a Python int as the loop bound
         for it in range(0, ITERS_C):
-            run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
-                                 stride_xm, rot_scale, T, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
+            run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
+                                 stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
                                  HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP)
     else:
         if EVEN:
@@ -375,8 +493,8 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
         else:   # a walk ends at the last row block: no idle masked tile where the stride is uneven
             n_it = tl.cdiv(tl.cdiv(M, BM) - pid_m0, row_step)
         for it in tl.range(0, n_it, num_stages=STAGES):
-            run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
-                                 stride_xm, rot_scale, T, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
+            run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
+                                 stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
                                  HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP)
     if MODE == 1:
         tl.store(amax_ptr + pid, tl.max(tl.max(run_max, axis=1), axis=0))
@@ -457,11 +575,16 @@ def grid_stride(row_blocks: int, tiles_k: int, sms: int, waves: int, small_waves
 # (``sweep_quant_kernel.py --grid rowstep``: 2048x4096 NVFP4 49% -> 56%, MXFP4 56% -> 60%).
 DEFAULT_LAUNCH = {"block_m": 64, "num_warps": 4, "waves": 16, "stages": 3, "maxnreg": None, "small_waves": 4}
 NV_LAUNCH = dict(DEFAULT_LAUNCH, maxnreg=96)     # NVFP4: a 96-register cap gave 1-3% (64-column bf16 tiles)
+# 128-column Hadamard tiles rotated as two halves (``split``): the two 64x64 matrices and two stages of
+# 64x128 tiles are 48 KB of shared memory (4 programs per SM); NVFP4 needs 128 registers there (96 spill)
+SPLIT_LAUNCH = dict(DEFAULT_LAUNCH, stages=2)
+NV_SPLIT_LAUNCH = dict(SPLIT_LAUNCH, maxnreg=128)
 
 
 def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax=None, gs=None, block_m=None, num_warps: int | None = None, waves: int | None = None, stages: int | None = None,
             mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
-            f2fp: bool | None = None, row_step: int | None = None):
+            f2fp: bool | None = None, row_step: int | None = None, split: bool | None = None,
+            gen_matrix: bool | None = None):
     """Launch the persistent kernel. MODE 1 returns its partial maxima (one per program, in a
     buffer allocated here); MODE 3 with an MX format returns the global scale the kernel copied
     from ``gs`` into a tensor allocated here (so the caller's constant is never handed out); the
@@ -469,7 +592,14 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
     M, K = x2.shape
     T, G = plan.tile, spec.group_size
     is_nv = spec.scale_precision == "e4m3" if spec is not None else False
-    dflt = NV_LAUNCH if is_nv and mode >= 2 else DEFAULT_LAUNCH
+    has_rot = plan.matrix is not None
+    # a 128-column Sylvester tile rotated as two 64-column halves (see _rotq_tile), groups inside a half
+    sp = has_rot and plan.splittable and (T // 2) % G == 0 and (True if split is None else bool(split))
+    TO = T // 2 if sp else T
+    if sp:
+        dflt = NV_SPLIT_LAUNCH if is_nv and mode >= 2 else SPLIT_LAUNCH
+    else:
+        dflt = NV_LAUNCH if is_nv and mode >= 2 else DEFAULT_LAUNCH
     bm = block_m or dflt["block_m"]
     tiles_k = K // T
     row_blocks = triton.cdiv(M, bm)
@@ -483,7 +613,6 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
         even = M % bm == 0 and row_blocks % row_step == 0
     iters = triton.cdiv(row_blocks, row_step)
     nprog = tiles_k * row_step
-    has_rot = plan.matrix is not None
     interp = not x2.is_cuda
     # bf16/fp16 x +-1 matrix on the tensor cores (exact products). Triton's CPU interpreter reads
     # bf16 operands of tl.dot as raw integers, so there the tile is upcast first (same products).
@@ -492,7 +621,12 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
     perm = has_rot and T % 8 == 0 and (lowp or interp)     # (the interpreter: to test the order)
     if mma_order is not None:                                 # benchmarks: the order on/off
         perm = perm and mma_order
-    mat = plan.on(x2.device, x2.dtype if lowp else torch.float32, folded=fold, permuted=perm) if has_rot else x2
+    # a Sylvester Hadamard is built in the kernel (no load before the first tiles); other matrices are loaded
+    hgen = has_rot and plan.scale is not None and plan.n <= 256 and (True if gen_matrix is None else bool(gen_matrix))
+    if has_rot and not hgen:
+        mat = plan.on(x2.device, x2.dtype if lowp else torch.float32, folded=fold, permuted=perm, split=sp)
+    else:
+        mat = x2
     small = x2.dtype in (torch.bfloat16, torch.float16)
     nw = num_warps or dflt["num_warps"]
     rowp = perm and bm % (16 * nw) == 0
@@ -505,18 +639,19 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
         pk = pk.view(torch.int32)                           # codes packed eight to a word
     # the NVFP4 cap is for 64-column tiles of bf16/fp16 (wider tiles and float32 would spill);
     # maxnreg=0: no cap (the compiler's choice)
-    mr = (dflt["maxnreg"] if T <= 64 and small else None) if maxnreg is None else (maxnreg or None)
+    mr = (dflt["maxnreg"] if TO <= 64 and small else None) if maxnreg is None else (maxnreg or None)
     extra = {"maxnreg": mr} if mr and not interp else {}
     _LAST["kernel"] = _rotq_kernel[(nprog,)](
         x2, mat, out if out is not None else dummy, pk if pk is not None else dummy,
         sb if sb is not None else dummy, amax if amax is not None else dummy, gs if gs is not None else dummy,
         gso if gso is not None else dummy,
         M, K, x2.stride(0), float(plan.scale or 1.0), tiles_k, row_step, iters,
-        T=T, G=G, BM=bm, HAS_ROT=has_rot, DOT_LOWP=lowp, POST_SCALE=plan.scale is not None and not fold,
+        T=T, TO=TO, G=G, BM=bm, HAS_ROT=has_rot, DOT_LOWP=lowp, POST_SCALE=plan.scale is not None and not fold,
         MODE=mode, IS_BF16=x2.dtype == torch.bfloat16, IS_NV=is_nv, HW_ROUND=not interp, PERM=perm, ROWP=rowp, NW=nw, FCODE=fcode, EVEN=even,
         MX_MUL=small and not is_nv, NV_FMA=small and is_nv and not interp,
         STAGES=None if interp else (stages or dflt["stages"]), ITERS_C=iters if interp else 0, num_warps=nw,
-        F2FP=True if f2fp is None else bool(f2fp),
+        F2FP=True if f2fp is None else bool(f2fp), HGEN=plan.n if hgen else 0,
+        HVAL=float(plan.scale) if hgen and fold else 1.0,
         enable_fp_fusion=False, **extra)
     return amax if mode == 1 else gso
 
@@ -525,7 +660,8 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
                     global_scale=None, plan: RotationPlan | None = None, block_m: int | None = None,
                     num_warps: int | None = None, waves: int | None = None, stages: int | None = None,
                     mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
-                    f2fp: bool | None = None, row_step: int | None = None):
+                    f2fp: bool | None = None, row_step: int | None = None, split: bool | None = None,
+                    gen_matrix: bool | None = None):
     """Fused rotation + FP4 quantization; see the module docstring. ``global_scale`` (NVFP4):
     the fp32 encode scale to use; None computes it from the rotated input (an extra amax pass).
     A float or CPU tensor is checked here (finite, > 0); a CUDA tensor is used as is, without a
@@ -538,7 +674,9 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
     ``e2m1_code`` instead of the multiply-add path (``e2m1_index_f`` + ``pack_codes_f``);
     ``f2fp=False`` rounds the rotated values to bf16 with Triton's cast (F2F on the conversion
     unit) instead of :func:`bf16_round_hw` (F2FP on the ALU pipe); ``row_step`` sets the programs
-    per column tile (the stride of their walk over row blocks) instead of ``waves``."""
+    per column tile (the stride of their walk over row blocks) instead of ``waves``; ``split=False``
+    rotates a 128-column Hadamard tile with one (T, T) matrix instead of two 64-column halves;
+    ``gen_matrix=False`` loads a Hadamard matrix from memory instead of building it in the kernel."""
     if output not in _OUTPUTS:
         raise ValueError(f"output must be one of {list(_OUTPUTS)}, got {output!r}")
     if output in ("fake", "packed"):
@@ -555,7 +693,8 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
         x2 = x2.contiguous()
     M = x2.shape[0]
     launch = dict(block_m=block_m, num_warps=num_warps, waves=waves, stages=stages, mma_order=mma_order, maxnreg=maxnreg,
-                  fma_codes=fma_codes, f2fp=f2fp, row_step=row_step)
+                  fma_codes=fma_codes, f2fp=f2fp, row_step=row_step, split=split,
+                  gen_matrix=gen_matrix)
     if output == "rotated":
         out = torch.empty_like(x2)
         _launch(x2, plan, spec, 0, out=out, **launch)

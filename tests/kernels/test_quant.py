@@ -158,7 +158,7 @@ def test_bad_dims_raise(dev):
 def test_launch_configurations_give_the_same_bytes(dev, name):
     """Rows per tile, warps, programs per SM, the lane order, the walk over row blocks (fewer
     programs than column tiles, uneven row strides, a partial last row block), the packed-code
-    path and the bf16 conversion change nothing."""
+    path, the bf16 conversion and a loaded instead of built Hadamard matrix change nothing."""
     from fpq_core.kernels.quant import rotate_quantize
     from fpq_core.transforms import get_transform
     spec = _spec(name)
@@ -171,7 +171,7 @@ def test_launch_configurations_give_the_same_bytes(dev, name):
     fake = rotate_quantize(x, spec, t, "fake", global_scale=gs)
     for kw in (dict(waves=1), dict(waves=2), dict(block_m=128, num_warps=8), dict(block_m=32),
                dict(mma_order=False), dict(stages=2, waves=3), dict(maxnreg=72), dict(fma_codes=False),
-               dict(f2fp=False), dict(row_step=2)):
+               dict(f2fp=False), dict(row_step=2), dict(gen_matrix=False)):
         pk, sb, _ = rotate_quantize(x, spec, t, "packed", global_scale=gs, **kw)
         assert torch.equal(pk, ref[0]) and torch.equal(sb, ref[1]), kw
         assert torch.equal(_bits(rotate_quantize(x, spec, t, "fake", global_scale=gs, **kw)), _bits(fake)), kw
@@ -216,3 +216,44 @@ def test_mx_packed_global_scale_is_the_kernels_own_copy(dev):
     gs = torch.full((1,), spec.mx_global_scale, dtype=torch.float32, device=dev)
     _launch(x, make_plan(None, 128, 32), spec, 3, pk=pk, sb=sb, gs=gs)
     assert torch.equal(x, x0)
+
+
+@pytest.mark.parametrize("name", SPECS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_split_hadamard_128_gives_the_same_bytes(dev, name, dtype):
+    """A 128-column Hadamard tile rotated as two 64-column halves (H and -H, one chain of
+    matrix-unit steps each): on the GPU with bf16 input (the matrix units) the bytes of the single
+    (128, 128) dot -- rotated values, amax, fake quant, packed codes and scales -- with and without
+    masks. float32 input (an FMA dot) and Triton's interpreter (numpy) may sum in another order:
+    there the rotation agrees to float32 rounding. Always: the engine's bytes given the kernel's
+    rotation."""
+    from fpq_core.formats.quantize import quantize
+    from fpq_core.kernels.quant import make_plan, rotate_quantize
+    from fpq_core.transforms import get_transform
+    spec = _spec(name)
+    t = get_transform("hadamard", size=128)
+    assert make_plan(t, 512, spec.group_size).splittable
+    assert not make_plan(get_transform("hadamard", size=64), 512, spec.group_size).splittable
+    for m, seed in ((130, 21), (128, 22)):                       # a partial row block; whole ones (no masks)
+        x = _x(m, 512, dtype, dev, seed=seed)
+        gs = torch.tensor([0.5], device=dev) if name == "nvfp4" else None
+        y = rotate_quantize(x, spec, t, "rotated", split=True)
+        y0 = rotate_quantize(x, spec, t, "rotated", split=False)
+        fake = rotate_quantize(x, spec, t, "fake", global_scale=gs, split=True)
+        pk, sb, _ = rotate_quantize(x, spec, t, "packed", global_scale=gs, split=True)
+        # the Hadamard built in the kernel is the plan's matrix: loading it gives the same bytes
+        assert torch.equal(_bits(y), _bits(rotate_quantize(x, spec, t, "rotated", split=True, gen_matrix=False)))
+        assert torch.equal(pk, rotate_quantize(x, spec, t, "packed", global_scale=gs, gen_matrix=False)[0])
+        if dtype == torch.bfloat16 and not interp():
+            assert torch.equal(_bits(y), _bits(y0))
+            assert torch.equal(rotate_quantize(x, spec, t, "amax", split=True),
+                               rotate_quantize(x, spec, t, "amax", split=False))
+            assert torch.equal(_bits(fake), _bits(rotate_quantize(x, spec, t, "fake", global_scale=gs, split=False)))
+            pk0, sb0, _ = rotate_quantize(x, spec, t, "packed", global_scale=gs, split=False)
+            assert torch.equal(pk, pk0) and torch.equal(sb, sb0)
+        else:
+            assert ((y.double() - y0.double()).norm() / y0.double().norm()).item() < 1e-6
+        qt = quantize(y, spec, global_scale=gs)
+        rp, rs = qt.pack()
+        assert torch.equal(pk, rp) and torch.equal(sb, rs)
+        assert torch.equal(_bits(fake), _bits(qt.dequantize()))
