@@ -7,7 +7,7 @@ written / time) against a device-to-device copy timed the same way in the same r
 bytes are checked against the default launch. Writes OUT/sweep_quant_kernel.json; the best
 config per case is printed (DEFAULT_LAUNCH in fpq_core/kernels/quant.py comes from here).
 
-    python benchmarks/sweep_quant_kernel.py --out OUT [--grid quick|full|occupancy|codes|regcap|cvt|t128|rowstep|split|gen] [--cases a,b]
+    python benchmarks/sweep_quant_kernel.py --out OUT [--grid quick|full|occupancy|codes|regcap|cvt|t128|rowstep|split|gen|walk] [--cases a,b]
                                                       [--formats mxfp4,nvfp4] [--rot N] [--tag NAME]
 
 ``--grid occupancy``: 64-column tiles, 4 warps; rows 32/64, stages 2/3, maxnreg none/96/80/72
@@ -20,6 +20,8 @@ by ``bf16_round_hw`` (F2FP), each twice, interleaved. ``--grid t128`` (with ``--
 tiles, rows per tile x warps (64x4, 32x2, 128x8, 32x4, 64x8) and stages 2/3, no register cap.
 ``--grid rowstep``: the default launch with the row stride of the programs' walk (programs per
 column tile) from the default rule, 16, 12, 10 and 8 (recorded as ``row_step``; None: the rule).
+``--grid walk``: the default launch against the linear walk (``walk="linear"``: SMs * waves
+programs walking all tiles in row-major order) with 3, 4, 5, 6, 8 programs per SM and stages 2/3.
 ``--grid gen``: the default launch with the Hadamard matrix loaded from memory
 (``gen_matrix=False``) and built in the kernel, each twice, interleaved. ``--grid split`` (with ``--rot 128``): the 128-column Hadamard tile rotated by one (128, 128) dot
 (``split=False``) against two 64-column halves (``split=True``, see ``_rotq_tile``), stages 2/3,
@@ -44,7 +46,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--quick", action="store_true", help="same as --grid quick")
-    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen"),
+    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen", "walk"),
                     default=None)
     ap.add_argument("--rot", type=int, default=None, help="rotation size (default: the format's group size)")
     ap.add_argument("--cases", default="a_8192x14336,w_4096x4096",
@@ -104,7 +106,7 @@ def main(argv=None):
                     if best is None or gbps > best["GBps"]:
                         best = r
             keys = ("case", "fmt", "rot", "block_m", "tile", "num_warps", "stages", "maxnreg", "fma_codes", "waves")
-            if grid_name not in ("occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen"):
+            if grid_name not in ("occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen", "walk"):
                 # the same best launch without the matrix-column order (ablation, same run)
                 kw = dict(global_scale=g, plan=make_plan(t, K, spec.group_size, tile=best["tile"]),
                           **{k: best[k] for k in ("block_m", "num_warps", "stages", "waves", "maxnreg", "fma_codes")},
@@ -136,6 +138,9 @@ def _grid(name: str, fmt: str):
         return ([(64, 128, 4, 3, 0, None, None, (3, 16), {"split": False})]
                 + [(bm, 128, nw, st, mr, None, None, (3, 4, 16), {"split": True})
                    for (bm, nw), st, mr in itertools.product(((64, 4), (128, 8)), (2, 3), (0, 128))])
+    if name == "walk":          # the default launch (rows walk) vs SMs * waves programs walking the tiles in order
+        return ([(None, None, None, None, None, None, None, (None,), {})]
+                + [(None, None, None, st, None, None, None, (3, 4, 5, 6, 8), {"walk": "linear"}) for st in (2, 3)])
     if name == "gen":           # the default launch, the Hadamard matrix loaded or built, each twice, interleaved
         return [(None, None, None, None, None, None, None, (None,), {"gen_matrix": gm}) for gm in (False, True, False, True)]
     if name == "rowstep":       # the default tile; programs per column tile (row stride) given

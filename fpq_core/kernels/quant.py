@@ -435,14 +435,18 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
                  MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
                  HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
                  ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr,
-                 ITERS_C: tl.constexpr, F2FP: tl.constexpr, HGEN: tl.constexpr, HVAL: tl.constexpr):
+                 ITERS_C: tl.constexpr, F2FP: tl.constexpr, HGEN: tl.constexpr, HVAL: tl.constexpr,
+                 LINEAR: tl.constexpr):
     """Persistent: each program loads the rotation matrix once, keeps one column tile
     (pid % tiles_k) and walks the row blocks pid // tiles_k + i * row_step (the grid is
     tiles_k * row_step programs, so no division per tile; where row_step does not divide the row
     blocks, some walks are one tile shorter). MODE 0 rotated, 1 amax (one value per
     program), 2 fake quant, 3 packed codes + scale bytes. ``TO < T``: the split rotation of
     _rotq_tile, m_ptr holding H and -H (2 TO x TO). ``HGEN`` > 0: the matrix is the Sylvester
-    Hadamard of that size with entries +-HVAL, built here (_sylvester_tile), not loaded."""
+    Hadamard of that size with entries +-HVAL, built here (_sylvester_tile), not loaded.
+    ``LINEAR``: the programs instead walk the tiles in row-major order, tile pid + i * row_step
+    (row_step = the number of programs), each tile's row block and column tile found by one
+    division -- any program count, so the grid can be exactly what fits on the SMs at once."""
     pid = tl.program_id(0)
     kk = tl.arange(0, TO)
     if HAS_ROT:
@@ -482,7 +486,21 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
     run_max = tl.zeros((BM, TO), dtype=tl.float32)
     pid_k = pid % tiles_k
     pid_m0 = pid // tiles_k
-    if ITERS_C > 0:      # Triton's CPU interpreter needs a Python int as the loop bound
+    if LINEAR:
+        if ITERS_C > 0:  # (the interpreter: past the last tile the row block is past M: masked)
+            for it in range(0, ITERS_C):
+                t = pid + it * row_step
+                run_max = _rotq_tile(t // tiles_k, t % tiles_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
+                                     stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
+                                     HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP)
+        else:
+            n_it = tl.cdiv(tl.cdiv(M, BM) * tiles_k - pid, row_step)
+            for it in tl.range(0, n_it, num_stages=STAGES):
+                t = pid + it * row_step
+                run_max = _rotq_tile(t // tiles_k, t % tiles_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
+                                     stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
+                                     HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP)
+    elif ITERS_C > 0:      # Triton's CPU interpreter needs a Python int as the loop bound
         for it in range(0, ITERS_C):
             run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                  stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
@@ -584,7 +602,7 @@ NV_SPLIT_LAUNCH = dict(SPLIT_LAUNCH, maxnreg=128)
 def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax=None, gs=None, block_m=None, num_warps: int | None = None, waves: int | None = None, stages: int | None = None,
             mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
             f2fp: bool | None = None, row_step: int | None = None, split: bool | None = None,
-            gen_matrix: bool | None = None):
+            gen_matrix: bool | None = None, walk: str | None = None):
     """Launch the persistent kernel. MODE 1 returns its partial maxima (one per program, in a
     buffer allocated here); MODE 3 with an MX format returns the global scale the kernel copied
     from ``gs`` into a tensor allocated here (so the caller's constant is never handed out); the
@@ -603,16 +621,24 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
     bm = block_m or dflt["block_m"]
     tiles_k = K // T
     row_blocks = triton.cdiv(M, bm)
+    walk = walk or dflt.get("walk", "rows")
+    if walk not in ("rows", "linear"):
+        raise ValueError(f"walk must be 'rows' or 'linear', got {walk!r}")
+    linear = walk == "linear"
+    if linear:      # SMs * waves programs walk the tiles in row-major order, stride = the program count
+        total = row_blocks * tiles_k
+        row_step = max(1, min(total, _sm_count(x2.device) * (waves or dflt["waves"]))) if row_step is None else int(row_step)
+        even = M % bm == 0 and (x2.is_cuda or total % row_step == 0)
     # tiles_k * row_step programs (about SMs * waves): each keeps its column tile and walks the
     # row blocks with stride row_step
-    if row_step is None:
+    elif row_step is None:
         row_step, even = grid_stride(row_blocks, tiles_k, _sm_count(x2.device), waves or dflt["waves"],
                                      None if waves else dflt["small_waves"], M % bm == 0)
     else:                                                   # benchmarks: the stride given
         row_step = max(1, min(int(row_step), row_blocks))
         even = M % bm == 0 and row_blocks % row_step == 0
-    iters = triton.cdiv(row_blocks, row_step)
-    nprog = tiles_k * row_step
+    iters = triton.cdiv(row_blocks * tiles_k if linear else row_blocks, row_step)
+    nprog = row_step if linear else tiles_k * row_step
     interp = not x2.is_cuda
     # bf16/fp16 x +-1 matrix on the tensor cores (exact products). Triton's CPU interpreter reads
     # bf16 operands of tl.dot as raw integers, so there the tile is upcast first (same products).
@@ -651,7 +677,7 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
         MX_MUL=small and not is_nv, NV_FMA=small and is_nv and not interp,
         STAGES=None if interp else (stages or dflt["stages"]), ITERS_C=iters if interp else 0, num_warps=nw,
         F2FP=True if f2fp is None else bool(f2fp), HGEN=plan.n if hgen else 0,
-        HVAL=float(plan.scale) if hgen and fold else 1.0,
+        HVAL=float(plan.scale) if hgen and fold else 1.0, LINEAR=linear,
         enable_fp_fusion=False, **extra)
     return amax if mode == 1 else gso
 
@@ -661,7 +687,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
                     num_warps: int | None = None, waves: int | None = None, stages: int | None = None,
                     mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
                     f2fp: bool | None = None, row_step: int | None = None, split: bool | None = None,
-                    gen_matrix: bool | None = None):
+                    gen_matrix: bool | None = None, walk: str | None = None):
     """Fused rotation + FP4 quantization; see the module docstring. ``global_scale`` (NVFP4):
     the fp32 encode scale to use; None computes it from the rotated input (an extra amax pass).
     A float or CPU tensor is checked here (finite, > 0); a CUDA tensor is used as is, without a
@@ -676,7 +702,10 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
     unit) instead of :func:`bf16_round_hw` (F2FP on the ALU pipe); ``row_step`` sets the programs
     per column tile (the stride of their walk over row blocks) instead of ``waves``; ``split=False``
     rotates a 128-column Hadamard tile with one (T, T) matrix instead of two 64-column halves;
-    ``gen_matrix=False`` loads a Hadamard matrix from memory instead of building it in the kernel."""
+    ``gen_matrix=False`` loads a Hadamard matrix from memory instead of building it in the kernel;
+    ``walk``: "rows" (each program keeps a column tile and walks its row blocks; ``waves`` about
+    programs per SM) or "linear" (SMs * ``waves`` programs walk the tiles in row-major order;
+    ``row_step`` then sets the program count)."""
     if output not in _OUTPUTS:
         raise ValueError(f"output must be one of {list(_OUTPUTS)}, got {output!r}")
     if output in ("fake", "packed"):
@@ -694,7 +723,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
     M = x2.shape[0]
     launch = dict(block_m=block_m, num_warps=num_warps, waves=waves, stages=stages, mma_order=mma_order, maxnreg=maxnreg,
                   fma_codes=fma_codes, f2fp=f2fp, row_step=row_step, split=split,
-                  gen_matrix=gen_matrix)
+                  gen_matrix=gen_matrix, walk=walk)
     if output == "rotated":
         out = torch.empty_like(x2)
         _launch(x2, plan, spec, 0, out=out, **launch)

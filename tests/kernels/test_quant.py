@@ -158,7 +158,8 @@ def test_bad_dims_raise(dev):
 def test_launch_configurations_give_the_same_bytes(dev, name):
     """Rows per tile, warps, programs per SM, the lane order, the walk over row blocks (fewer
     programs than column tiles, uneven row strides, a partial last row block), the packed-code
-    path, the bf16 conversion and a loaded instead of built Hadamard matrix change nothing."""
+    path, the bf16 conversion, a loaded instead of built Hadamard matrix and the linear walk over
+    tiles (any program count) change nothing."""
     from fpq_core.kernels.quant import rotate_quantize
     from fpq_core.transforms import get_transform
     spec = _spec(name)
@@ -171,7 +172,8 @@ def test_launch_configurations_give_the_same_bytes(dev, name):
     fake = rotate_quantize(x, spec, t, "fake", global_scale=gs)
     for kw in (dict(waves=1), dict(waves=2), dict(block_m=128, num_warps=8), dict(block_m=32),
                dict(mma_order=False), dict(stages=2, waves=3), dict(maxnreg=72), dict(fma_codes=False),
-               dict(f2fp=False), dict(row_step=2), dict(gen_matrix=False)):
+               dict(f2fp=False), dict(row_step=2), dict(gen_matrix=False), dict(walk="linear"),
+               dict(walk="linear", waves=1), dict(walk="linear", row_step=7)):
         pk, sb, _ = rotate_quantize(x, spec, t, "packed", global_scale=gs, **kw)
         assert torch.equal(pk, ref[0]) and torch.equal(sb, ref[1]), kw
         assert torch.equal(_bits(rotate_quantize(x, spec, t, "fake", global_scale=gs, **kw)), _bits(fake)), kw
@@ -192,7 +194,8 @@ def test_whole_row_blocks_run_without_masks(dev, name):
     qt = quantize(rotate_quantize(x, spec, t, "rotated"), spec, global_scale=None)
     gs = qt.global_scale if name == "nvfp4" else None
     rp, rs = qt.pack()
-    for kw in (dict(), dict(waves=1), dict(block_m=32), dict(block_m=128, num_warps=8)):
+    for kw in (dict(), dict(waves=1), dict(block_m=32), dict(block_m=128, num_warps=8), dict(walk="linear"),
+               dict(walk="linear", row_step=6)):
         pk, sb, _ = rotate_quantize(x, spec, t, "packed", global_scale=gs, **kw)
         assert torch.equal(pk, rp) and torch.equal(sb, rs), kw
         assert torch.equal(_bits(rotate_quantize(x, spec, t, "fake", global_scale=gs, **kw)), _bits(qt.dequantize())), kw
