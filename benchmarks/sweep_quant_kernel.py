@@ -144,7 +144,7 @@ def _grid(name: str, fmt: str):
     if name == "gen":           # the default launch, the Hadamard matrix loaded or built, each twice, interleaved
         return [(None, None, None, None, None, None, None, (None,), {"gen_matrix": gm}) for gm in (False, True, False, True)]
     if name == "rowstep":       # the default tile; programs per column tile (row stride) given
-        return [(64, 64, 4, 3, None, None, None, (None, 16, 12, 10, 8))]
+        return [(64, 64, 4, 3, None, None, None, (None, 16, 12, 10, 8), {"walk": "rows"})]
     if name == "t128":          # 128-column tiles (rotation 128): rows x warps, stages
         return [(bm, 128, nw, st, 0, None, None, (16,))
                 for (bm, nw), st in itertools.product(((64, 4), (32, 2), (128, 8), (32, 4), (64, 8)), (2, 3))]

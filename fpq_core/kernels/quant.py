@@ -591,11 +591,22 @@ def grid_stride(row_blocks: int, tiles_k: int, sms: int, waves: int, small_waves
 # one or two tiles (small M): then each program walks several tiles, whose loads it pipelines,
 # instead of many one-tile programs running in rounds that each wait for their loads
 # (``sweep_quant_kernel.py --grid rowstep``: 2048x4096 NVFP4 49% -> 56%, MXFP4 56% -> 60%).
-DEFAULT_LAUNCH = {"block_m": 64, "num_warps": 4, "waves": 16, "stages": 3, "maxnreg": None, "small_waves": 4}
+# ``walk``: "rows" (programs keep a column tile; ``waves`` ~ programs per SM, oversubscribed) or
+# "linear" (exactly SMs * ``waves`` programs over all tiles in row-major order). ``large``: the
+# launch used instead where the tiles number at least ``large_tiles_per_sm`` per SM.
+DEFAULT_LAUNCH = {"block_m": 64, "num_warps": 4, "waves": 16, "stages": 3, "maxnreg": None, "small_waves": 4,
+                  "walk": "rows"}
 NV_LAUNCH = dict(DEFAULT_LAUNCH, maxnreg=96)     # NVFP4: a 96-register cap gave 1-3% (64-column bf16 tiles)
+# MXFP4 packed codes: 4 programs per SM walking all tiles (``--grid walk``: +0.5 to +6 points on
+# the large shapes, the same on the small ones; NVFP4 lost 1-3 points that way and keeps "rows")
+MX_PACKED_LAUNCH = dict(DEFAULT_LAUNCH, walk="linear", waves=4)
 # 128-column Hadamard tiles rotated as two halves (``split``): the two 64x64 matrices and two stages of
-# 64x128 tiles are 48 KB of shared memory (4 programs per SM); NVFP4 needs 128 registers there (96 spill)
-SPLIT_LAUNCH = dict(DEFAULT_LAUNCH, stages=2)
+# 64x128 tiles are 48 KB of shared memory (4 programs per SM); NVFP4 needs 128 registers there (96 spill).
+# Large shapes: three stages (64 KB, 3 programs per SM) and 3 programs per SM walking all tiles
+# (``--grid split`` and ``--grid walk --rot 128``: +5 to +11 points against rows / 2 stages there;
+# the two small shapes were best with the latter).
+SPLIT_LAUNCH = dict(DEFAULT_LAUNCH, stages=2, large_tiles_per_sm=32,
+                    large={"walk": "linear", "waves": 3, "stages": 3})
 NV_SPLIT_LAUNCH = dict(SPLIT_LAUNCH, maxnreg=128)
 
 
@@ -616,11 +627,15 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
     TO = T // 2 if sp else T
     if sp:
         dflt = NV_SPLIT_LAUNCH if is_nv and mode >= 2 else SPLIT_LAUNCH
+    elif is_nv and mode >= 2:
+        dflt = NV_LAUNCH
     else:
-        dflt = NV_LAUNCH if is_nv and mode >= 2 else DEFAULT_LAUNCH
+        dflt = MX_PACKED_LAUNCH if mode == 3 else DEFAULT_LAUNCH
     bm = block_m or dflt["block_m"]
     tiles_k = K // T
     row_blocks = triton.cdiv(M, bm)
+    if "large" in dflt and row_blocks * tiles_k >= dflt["large_tiles_per_sm"] * _sm_count(x2.device):
+        dflt = dict(dflt, **dflt["large"])
     walk = walk or dflt.get("walk", "rows")
     if walk not in ("rows", "linear"):
         raise ValueError(f"walk must be 'rows' or 'linear', got {walk!r}")
