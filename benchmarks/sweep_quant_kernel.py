@@ -20,7 +20,7 @@ by ``bf16_round_hw`` (F2FP), each twice, interleaved. ``--grid t128`` (with ``--
 tiles, rows per tile x warps (64x4, 32x2, 128x8, 32x4, 64x8) and stages 2/3, no register cap.
 ``--grid rowstep``: the default launch with the row stride of the programs' walk (programs per
 column tile) from the default rule, 16, 12, 10 and 8 (recorded as ``row_step``; None: the rule).
-``--grid walk``: the default launch against the linear walk (``walk="linear"``: SMs * waves
+``--grid walk``: the default launch and the rows walk against the linear walk (``walk="linear"``: SMs * waves
 programs walking all tiles in row-major order) with 3, 4, 5, 6, 8 programs per SM and stages 2/3.
 ``--grid gen``: the default launch with the Hadamard matrix loaded from memory
 (``gen_matrix=False``) and built in the kernel, each twice, interleaved. ``--grid split`` (with ``--rot 128``): the 128-column Hadamard tile rotated by one (128, 128) dot
@@ -139,7 +139,8 @@ def _grid(name: str, fmt: str):
                 + [(bm, 128, nw, st, mr, None, None, (3, 4, 16), {"split": True})
                    for (bm, nw), st, mr in itertools.product(((64, 4), (128, 8)), (2, 3), (0, 128))])
     if name == "walk":          # the default launch (rows walk) vs SMs * waves programs walking the tiles in order
-        return ([(None, None, None, None, None, None, None, (None,), {})]
+        return ([(None, None, None, None, None, None, None, (None,), {}),
+                 (None, None, None, None, None, None, None, (None,), {"walk": "rows"})]
                 + [(None, None, None, st, None, None, None, (3, 4, 5, 6, 8), {"walk": "linear"}) for st in (2, 3)])
     if name == "gen":           # the default launch, the Hadamard matrix loaded or built, each twice, interleaved
         return [(None, None, None, None, None, None, None, (None,), {"gen_matrix": gm}) for gm in (False, True, False, True)]

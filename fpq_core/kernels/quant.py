@@ -494,12 +494,21 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
                                      stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
                                      HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP)
         else:
+            # (row block, column tile) of tile pid + it * row_step, advanced by (dm, dk) per tile
+            # with one wrap instead of a division per tile
             n_it = tl.cdiv(tl.cdiv(M, BM) * tiles_k - pid, row_step)
+            dm = row_step // tiles_k
+            dk = row_step % tiles_k
+            pm = pid_m0
+            pk = pid_k
             for it in tl.range(0, n_it, num_stages=STAGES):
-                t = pid + it * row_step
-                run_max = _rotq_tile(t // tiles_k, t % tiles_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
+                run_max = _rotq_tile(pm, pk, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                      stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
                                      HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP)
+                pk = pk + dk
+                wrap = pk >= tiles_k
+                pk = tl.where(wrap, pk - tiles_k, pk)
+                pm = pm + tl.where(wrap, dm + 1, dm)
     elif ITERS_C > 0:      # Triton's CPU interpreter needs a Python int as the loop bound
         for it in range(0, ITERS_C):
             run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
