@@ -619,6 +619,20 @@ SPLIT_LAUNCH = dict(DEFAULT_LAUNCH, stages=2, large_tiles_per_sm=32,
 NV_SPLIT_LAUNCH = dict(SPLIT_LAUNCH, maxnreg=128)
 
 
+def launch_defaults(is_nv: bool, mode: int, split: bool, tiles: int, sms: int) -> dict:
+    """The default launch for a format, output mode (0 rotated, 1 amax, 2 fake, 3 packed), split
+    had128 rotation or not, and the number of (64-row) tiles on ``sms`` SMs."""
+    if split:
+        d = NV_SPLIT_LAUNCH if is_nv and mode >= 2 else SPLIT_LAUNCH
+    elif is_nv and mode >= 2:
+        d = NV_LAUNCH
+    else:
+        d = MX_PACKED_LAUNCH if mode == 3 else DEFAULT_LAUNCH
+    if "large" in d and tiles >= d["large_tiles_per_sm"] * sms:
+        d = dict(d, **d["large"])
+    return d
+
+
 def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax=None, gs=None, block_m=None, num_warps: int | None = None, waves: int | None = None, stages: int | None = None,
             mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
             f2fp: bool | None = None, row_step: int | None = None, split: bool | None = None,
@@ -634,17 +648,11 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
     # a 128-column Sylvester tile rotated as two 64-column halves (see _rotq_tile), groups inside a half
     sp = has_rot and plan.splittable and (T // 2) % G == 0 and (True if split is None else bool(split))
     TO = T // 2 if sp else T
-    if sp:
-        dflt = NV_SPLIT_LAUNCH if is_nv and mode >= 2 else SPLIT_LAUNCH
-    elif is_nv and mode >= 2:
-        dflt = NV_LAUNCH
-    else:
-        dflt = MX_PACKED_LAUNCH if mode == 3 else DEFAULT_LAUNCH
-    bm = block_m or dflt["block_m"]
     tiles_k = K // T
+    dflt = launch_defaults(is_nv, mode, sp, triton.cdiv(M, block_m or DEFAULT_LAUNCH["block_m"]) * tiles_k,
+                           _sm_count(x2.device))
+    bm = block_m or dflt["block_m"]
     row_blocks = triton.cdiv(M, bm)
-    if "large" in dflt and row_blocks * tiles_k >= dflt["large_tiles_per_sm"] * _sm_count(x2.device):
-        dflt = dict(dflt, **dflt["large"])
     walk = walk or dflt.get("walk", "rows")
     if walk not in ("rows", "linear"):
         raise ValueError(f"walk must be 'rows' or 'linear', got {walk!r}")

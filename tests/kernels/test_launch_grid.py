@@ -35,3 +35,41 @@ def test_few_rows_or_narrow_k_keep_the_default():
 def test_uneven_rows_walk_is_balanced():
     step, even, iters, _ = _h100(2000, 4096)
     assert not even and iters * step >= 32 and (iters - 1) * step < 32
+
+
+def test_launch_defaults_follow_the_sweeps():
+    """MXFP4 packed: 4 programs per SM over all tiles; NVFP4: rows walk, 96 registers; had128 split:
+    2 stages on the small shapes, 3 programs per SM walking all tiles (3 stages) on the large."""
+    from fpq_core.kernels.quant import launch_defaults
+    tiles = lambda M, K, T: -(-M // 64) * (K // T)           # noqa: E731
+    mx = launch_defaults(False, 3, False, tiles(2048, 4096, 64), 132)
+    assert (mx["walk"], mx["waves"]) == ("linear", 4)
+    assert launch_defaults(False, 2, False, tiles(2048, 4096, 64), 132)["walk"] == "rows"   # fake quant: unchanged
+    nv = launch_defaults(True, 3, False, tiles(14336, 4096, 64), 132)
+    assert (nv["walk"], nv["maxnreg"]) == ("rows", 96)
+    big = launch_defaults(True, 3, True, tiles(14336, 4096, 128), 132)
+    assert (big["walk"], big["waves"], big["stages"], big["maxnreg"]) == ("linear", 3, 3, 128)
+    small = launch_defaults(False, 3, True, tiles(2048, 4096, 128), 132)
+    assert (small["walk"], small["stages"]) == ("rows", 2)
+    assert launch_defaults(False, 3, True, tiles(4096, 4096, 128), 132)["walk"] == "rows"
+    assert launch_defaults(False, 3, True, tiles(8192, 14336, 128), 132)["walk"] == "linear"
+
+
+def test_split_plan_is_the_sylvester_block_and_its_negative():
+    """A 128-column Hadamard tile is [[H, H], [H, -H]]: splittable; its split matrix is H over -H,
+    each with its columns in the matrix-unit order; narrower tiles and other rotations do not split."""
+    import torch
+    from fpq_core.kernels.quant import make_plan, mma_column_order
+    from fpq_core.transforms import get_transform
+    plan = make_plan(get_transform("hadamard", size=128), 4096, 16)
+    assert plan.tile == 128 and plan.splittable
+    m = plan.matrix
+    h = m[:64, :64]
+    assert torch.equal(m[:64, 64:], h) and torch.equal(m[64:, :64], h) and torch.equal(m[64:, 64:], -h)
+    sp = plan.on("cpu", torch.float32, permuted=True, split=True)
+    perm = mma_column_order(64)
+    assert sp.shape == (128, 64) and torch.equal(sp[:64], h[:, perm]) and torch.equal(sp[64:], -h[:, perm])
+    assert not make_plan(get_transform("hadamard", size=64), 4096, 16).splittable
+    assert not make_plan(get_transform("hadamard", size=16), 4096, 16).splittable
+    with pytest.raises(ValueError, match="cannot be split"):
+        make_plan(get_transform("hadamard", size=16), 4096, 16).on("cpu", torch.float32, split=True)

@@ -52,6 +52,9 @@ def test_instrumented_copy_keeps_the_kernels_loop():
     finally:
         triton.compile = real
     orig, _, _ = count_loop(_rotq_kernel, "mxfp4")
-    address = {"IMAD", "IADD3", "MOV", "LEA", "VIADD", "SHF", "LOP3", "UIADD3", "UMOV", "ULEA"}
+    # integer bookkeeping (addresses, the walk's tile indices and their wrap, in vector or uniform
+    # registers as the compiler likes): may differ; the arithmetic, loads and stores may not
+    address = {"IMAD", "IADD3", "MOV", "LEA", "VIADD", "SHF", "LOP3", "UIADD3", "UMOV", "ULEA",
+               "ISETP", "UISETP", "SEL", "USEL", "PLOP3", "USHF"}
     assert {k: v for k, v in inst.items() if k not in address} == {k: v for k, v in orig.items() if k not in address}
     assert abs(sum(inst.values()) - sum(orig.values())) <= 0.02 * sum(orig.values())
