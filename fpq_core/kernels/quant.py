@@ -255,25 +255,27 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, z
         else:
             xa = tl.load(pa, mask=rows[:, None] < M, other=0.0)
             xb = tl.load(pa + TO, mask=rows[:, None] < M, other=0.0)
-        if DOT_LOWP:
-            y = tl.dot(xb, mat, acc=tl.dot(xa, mat, out_dtype=tl.float32), out_dtype=tl.float32)
-        else:
-            y = tl.dot(xb.to(tl.float32), mat, acc=tl.dot(xa.to(tl.float32), mat, input_precision="ieee",
-                                                         out_dtype=tl.float32), input_precision="ieee", out_dtype=tl.float32)
-        y = _round_rotated(y, rot_scale, x_ptr, POST_SCALE, IS_BF16, HW_ROUND, F2FP)
-        run_max = _rotq_epi(y, pid_m, pid_k, 0, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
-                            T, TO, G, BM, HAS_ROT, DOT_LOWP, MODE, IS_NV, IS_BF16, HW_ROUND, MX_MUL, NV_FMA, PERM,
-                            ROWP, NW, FCODE, EVEN)
-        if DOT_LOWP:
-            y = tl.dot(xb, mat2, acc=tl.dot(xa, mat, out_dtype=tl.float32), out_dtype=tl.float32)
-        else:
-            y = tl.dot(xb.to(tl.float32), mat2, acc=tl.dot(xa.to(tl.float32), mat, input_precision="ieee",
-                                                          out_dtype=tl.float32), input_precision="ieee", out_dtype=tl.float32)
-        y = _round_rotated(y, rot_scale, x_ptr, POST_SCALE, IS_BF16, HW_ROUND, F2FP)
-        run_max = _rotq_epi(y, pid_m, pid_k, 1, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
-                            T, TO, G, BM, HAS_ROT, DOT_LOWP, MODE, IS_NV, IS_BF16, HW_ROUND, MX_MUL, NV_FMA, PERM,
-                            ROWP, NW, FCODE, EVEN)
+        for ch in tl.static_range(2):          # [a H + b H | a H + b (-H)]
+            if ch == 0:
+                mb = mat
+            else:
+                mb = mat2
+            y = _round_rotated(_dot_chain(xa, xb, mat, mb, DOT_LOWP), rot_scale, x_ptr, POST_SCALE, IS_BF16, HW_ROUND, F2FP)
+            run_max = _rotq_epi(y, pid_m, pid_k, ch, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
+                                T, TO, G, BM, HAS_ROT, DOT_LOWP, MODE, IS_NV, IS_BF16, HW_ROUND, MX_MUL, NV_FMA, PERM,
+                                ROWP, NW, FCODE, EVEN)
     return run_max
+
+
+@triton.jit
+def _dot_chain(xa, xb, ma, mb, DOT_LOWP: tl.constexpr):
+    """fp32 xa @ ma + xb @ mb as one chain of matrix-unit steps, xa's first (bf16/fp16 operands on
+    the tensor cores; else float32 with IEEE products)."""
+    if DOT_LOWP:
+        return tl.dot(xb, mb, acc=tl.dot(xa, ma, out_dtype=tl.float32), out_dtype=tl.float32)
+    else:
+        return tl.dot(xb.to(tl.float32), mb, acc=tl.dot(xa.to(tl.float32), ma, input_precision="ieee", out_dtype=tl.float32),
+                      input_precision="ieee", out_dtype=tl.float32)
 
 
 @triton.jit
