@@ -20,7 +20,9 @@ by ``bf16_round_hw`` (F2FP), each twice, interleaved. ``--grid t128`` (with ``--
 tiles, rows per tile x warps (64x4, 32x2, 128x8, 32x4, 64x8) and stages 2/3, no register cap.
 ``--grid rowstep``: the default launch with the row stride of the programs' walk (programs per
 column tile) from the default rule, 16, 12, 10 and 8 (recorded as ``row_step``; None: the rule).
-``--grid walk``: the default launch and the rows walk against the linear walk (``walk="linear"``: SMs * waves
+Grids other than ``rowstep`` and ``walk`` use the default walk: for MXFP4 packed codes that is the
+linear walk since the sixth session, where ``waves`` is the exact number of programs per SM (the
+rows walk before, where it was a target). ``--grid walk``: the default launch and the rows walk against the linear walk (``walk="linear"``: SMs * waves
 programs walking all tiles in row-major order) with 3, 4, 5, 6, 8 programs per SM and stages 2/3.
 ``--grid gen``: the default launch with the Hadamard matrix loaded from memory
 (``gen_matrix=False``) and built in the kernel, each twice, interleaved. ``--grid split`` (with ``--rot 128``): the 128-column Hadamard tile rotated by one (128, 128) dot

@@ -439,7 +439,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
                  ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr,
                  ITERS_C: tl.constexpr, F2FP: tl.constexpr, HGEN: tl.constexpr, HVAL: tl.constexpr,
                  LINEAR: tl.constexpr):
-    """Persistent: each program loads the rotation matrix once, keeps one column tile
+    """Persistent: each program loads (or builds) the rotation matrix once, keeps one column tile
     (pid % tiles_k) and walks the row blocks pid // tiles_k + i * row_step (the grid is
     tiles_k * row_step programs, so no division per tile; where row_step does not divide the row
     blocks, some walks are one tile shorter). MODE 0 rotated, 1 amax (one value per
@@ -447,8 +447,9 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
     _rotq_tile, m_ptr holding H and -H (2 TO x TO). ``HGEN`` > 0: the matrix is the Sylvester
     Hadamard of that size with entries +-HVAL, built here (_sylvester_tile), not loaded.
     ``LINEAR``: the programs instead walk the tiles in row-major order, tile pid + i * row_step
-    (row_step = the number of programs), each tile's row block and column tile found by one
-    division -- any program count, so the grid can be exactly what fits on the SMs at once."""
+    (row_step = the number of programs), each tile's row block and column tile advanced from the
+    previous one's (one wrap, no division) -- any program count, so the grid can be exactly what
+    fits on the SMs at once."""
     pid = tl.program_id(0)
     kk = tl.arange(0, TO)
     if HAS_ROT:
@@ -608,13 +609,13 @@ def grid_stride(row_blocks: int, tiles_k: int, sms: int, waves: int, small_waves
 DEFAULT_LAUNCH = {"block_m": 64, "num_warps": 4, "waves": 16, "stages": 3, "maxnreg": None, "small_waves": 4,
                   "walk": "rows"}
 NV_LAUNCH = dict(DEFAULT_LAUNCH, maxnreg=96)     # NVFP4: a 96-register cap gave 1-3% (64-column bf16 tiles)
-# MXFP4 packed codes: 4 programs per SM walking all tiles (``--grid walk``: +0.5 to +6 points on
+# MXFP4 packed codes: 4 programs per SM walking all tiles (``--grid walk``: +0.4 to +6.5 points on
 # the large shapes, the same on the small ones; NVFP4 lost 1-3 points that way and keeps "rows")
 MX_PACKED_LAUNCH = dict(DEFAULT_LAUNCH, walk="linear", waves=4)
 # 128-column Hadamard tiles rotated as two halves (``split``): the two 64x64 matrices and two stages of
 # 64x128 tiles are 48 KB of shared memory (4 programs per SM); NVFP4 needs 128 registers there (96 spill).
 # Large shapes: three stages (64 KB, 3 programs per SM) and 3 programs per SM walking all tiles
-# (``--grid split`` and ``--grid walk --rot 128``: +5 to +11 points against rows / 2 stages there;
+# (``--grid split`` and ``--grid walk --rot 128``: +4 to +11 points against rows / 2 stages there;
 # the two small shapes were best with the latter).
 SPLIT_LAUNCH = dict(DEFAULT_LAUNCH, stages=2, large_tiles_per_sm=32,
                     large={"walk": "linear", "waves": 3, "stages": 3})
@@ -655,13 +656,13 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
                            _sm_count(x2.device))
     bm = block_m or dflt["block_m"]
     row_blocks = triton.cdiv(M, bm)
-    walk = walk or dflt.get("walk", "rows")
+    walk = walk or dflt["walk"]
     if walk not in ("rows", "linear"):
         raise ValueError(f"walk must be 'rows' or 'linear', got {walk!r}")
     linear = walk == "linear"
     if linear:      # SMs * waves programs walk the tiles in row-major order, stride = the program count
         total = row_blocks * tiles_k
-        row_step = max(1, min(total, _sm_count(x2.device) * (waves or dflt["waves"]))) if row_step is None else int(row_step)
+        row_step = max(1, min(total, _sm_count(x2.device) * (waves or dflt["waves"]) if row_step is None else int(row_step)))
         even = M % bm == 0 and (x2.is_cuda or total % row_step == 0)
     # tiles_k * row_step programs (about SMs * waves): each keeps its column tile and walks the
     # row blocks with stride row_step
