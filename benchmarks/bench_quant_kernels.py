@@ -11,10 +11,13 @@ kernel of this size can reach (small shapes pay launch and tail like the kernel)
 (benchmarks/_quant_v1.py), same inputs, same method, same run; ``v1_equal``: both give the same
 bytes. Also checks on each shape that the kernel's packed output equals the engine's quantize()
 of the kernel's rotated values, and reports the rotation's bf16 mismatch rate vs the torch twin.
+Input sets rotated per case (``n_inputs``): ``--inputs`` if given, else enough that together they
+hold at least twice the L2 cache (at least 3, at most 64), so that no call reads its input from L2.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -86,10 +89,10 @@ def run_case(label, M, K, fmt, n, copy_bw, n_inputs, with_compile, with_eager):
     ms = bench_graph(lambda x: rotate_quantize(x, spec, t, "packed", global_scale=gs, plan=plan), xs)
     call_ms = bench(lambda x: rotate_quantize(x, spec, t, "packed", global_scale=gs, plan=plan), xs)
     v1_ms = bench_graph(lambda x: rotate_quantize_v1(x, spec, plan, "packed", gs1), xs)
-    key = (nbytes // 2) & ~15
+    key = ((nbytes // 2) & ~15, n_inputs)
     if key not in _SAME_SIZE:                     # a copy that moves as many bytes as the kernel
-        _SAME_SIZE[key] = copy_graph_bandwidth(key, n_inputs)
-    row = {"name": f"{label}/{fmt}/had{n}", "shape": f"{M}x{K}", "format": fmt, "rot": n, "kernel_ms": ms,
+        _SAME_SIZE[key] = copy_graph_bandwidth(key[0], n_inputs)
+    row = {"name": f"{label}/{fmt}/had{n}", "shape": f"{M}x{K}", "format": fmt, "rot": n, "n_inputs": n_inputs, "kernel_ms": ms,
            "GBps": nbytes / ms / 1e6, "pct_copy": 100 * (nbytes / (ms * 1e-3)) / copy_bw, "call_ms": call_ms,
            "same_size_copy_GBps": _SAME_SIZE[key] / 1e9, "pct_same_size_copy": 100 * (nbytes / (ms * 1e-3)) / _SAME_SIZE[key],
            "v1_ms": v1_ms, "v1_pct_copy": 100 * (nbytes / (v1_ms * 1e-3)) / copy_bw, "speedup_vs_v1": v1_ms / ms,
@@ -120,11 +123,22 @@ def run_case(label, M, K, fmt, n, copy_bw, n_inputs, with_compile, with_eager):
     return row
 
 
+def n_inputs(M: int, K: int, given: int | None = None, l2_bytes: int | None = None) -> int:
+    """Input sets to rotate among for an (M, K) bf16 input: ``given``, else enough to hold twice
+    the L2 cache together (at least 3; at most 64, for inputs too small to matter here)."""
+    if given:
+        return int(given)
+    if l2_bytes is None:
+        l2_bytes = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 * 2**20)
+    return min(64, max(3, math.ceil(2 * l2_bytes / (M * K * 2))))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--quick", action="store_true", help="fewer cases (the suite's default)")
-    ap.add_argument("--inputs", type=int, default=3)
+    ap.add_argument("--inputs", type=int, default=None,
+                    help="input sets rotated per case (default: twice the L2 cache in all, at least 3)")
     ap.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of " + ",".join(SHAPES))
     a = ap.parse_args(argv)
     info = device_info()
@@ -141,7 +155,7 @@ def main(argv=None):
                 if a.quick and n == 32 and label.startswith("w_4096x4"):
                     continue
                 first = n == 128
-                soft(rows, f"{label}/{fmt}/had{n}", run_case, label, M, K, fmt, n, copy_bw, a.inputs,
+                soft(rows, f"{label}/{fmt}/had{n}", run_case, label, M, K, fmt, n, copy_bw, n_inputs(M, K, a.inputs),
                      with_compile=first and label in ("a_2048x4096", "w_4096x14336"),
                      with_eager=first)
     payload = {"device": info, "copy_GBps": copy_bw / 1e9, "copy_baselines_GBps": {k: v / 1e9 for k, v in copies.items()}, "rows": rows}
