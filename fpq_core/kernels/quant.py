@@ -8,6 +8,12 @@
 * ``output="rotated"``-> the rotated input only (the kernel's rotation, rounded to x's dtype);
 * ``output="amax"``   -> max |rotated| (the first pass of the NVFP4 global scale).
 
+One persistent kernel (``_rotq_kernel``): each program rotates (BM, T) tiles on the tensor cores
+with a block-diagonal matrix -- a Sylvester Hadamard is built in the kernel, other matrices are
+loaded -- and quantizes them in registers; a 128-column Hadamard tile is rotated as two 64-column
+halves (same sums, half the registers); programs walk the tiles by rows of one column tile or
+linearly over all tiles (``launch_defaults``, from the H100 sweeps in docs/performance.md).
+
 The packed codes are computed on the FMA pipe (``_common.e2m1_index_f``: the E2M1 index as the
 minimum of three float roundings; bit 3 by one saturated FMA; eight codes to an int32 word by
 integer multiply-adds), since the integer/compare pipe, at half the issue rate, bounded the
