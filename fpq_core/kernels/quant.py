@@ -652,7 +652,7 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
     other modes write into the given outputs and return None."""
     M, K = x2.shape
     T, G = plan.tile, spec.group_size
-    is_nv = spec.scale_precision == "e4m3" if spec is not None else False
+    is_nv = spec.scale_precision == "e4m3"
     has_rot = plan.matrix is not None
     # a 128-column Sylvester tile rotated as two 64-column halves (see _rotq_tile), groups inside a half
     sp = has_rot and plan.splittable and (T // 2) % G == 0 and (True if split is None else bool(split))
