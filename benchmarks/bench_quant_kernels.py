@@ -123,7 +123,7 @@ def run_case(label, M, K, fmt, n, copy_bw, n_inputs, with_compile, with_eager):
     return row
 
 
-def n_inputs(M: int, K: int, given: int | None = None, l2_bytes: int | None = None) -> int:
+def input_sets(M: int, K: int, given: int | None = None, l2_bytes: int | None = None) -> int:
     """Input sets to rotate among for an (M, K) bf16 input: ``given``, else enough to hold twice
     the L2 cache together (at least 3; at most 64, for inputs too small to matter here)."""
     if given:
@@ -155,7 +155,7 @@ def main(argv=None):
                 if a.quick and n == 32 and label.startswith("w_4096x4"):
                     continue
                 first = n == 128
-                soft(rows, f"{label}/{fmt}/had{n}", run_case, label, M, K, fmt, n, copy_bw, n_inputs(M, K, a.inputs),
+                soft(rows, f"{label}/{fmt}/had{n}", run_case, label, M, K, fmt, n, copy_bw, input_sets(M, K, a.inputs),
                      with_compile=first and label in ("a_2048x4096", "w_4096x14336"),
                      with_eager=first)
     payload = {"device": info, "copy_GBps": copy_bw / 1e9, "copy_baselines_GBps": {k: v / 1e9 for k, v in copies.items()}, "rows": rows}

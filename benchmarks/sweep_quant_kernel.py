@@ -2,7 +2,8 @@
 
 Rows per tile (block_m), tile width (tile), warps, pipeline stages, a register cap per thread
 (maxnreg, which sets how many programs fit on an SM) and programs per SM (waves) for
-Llama-3.1-8B shapes; device time from CUDA graphs; effective bandwidth (bytes read +
+Llama-3.1-8B shapes; device time from CUDA graphs over input sets that hold twice the L2 (as
+``bench_quant_kernels.py``; 3 sets before the sixth session's call 10); effective bandwidth (bytes read +
 written / time) against a device-to-device copy timed the same way in the same run. Each config's
 bytes are checked against the default launch. Writes OUT/sweep_quant_kernel.json; the best
 config per case is printed (DEFAULT_LAUNCH in fpq_core/kernels/quant.py comes from here).
@@ -41,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks._common import bench_graph, copy_baselines, device_info, write_json  # noqa: E402
-from benchmarks.bench_quant_kernels import SHAPES  # noqa: E402
+from benchmarks.bench_quant_kernels import SHAPES, input_sets  # noqa: E402
 
 
 def main(argv=None):
@@ -70,7 +71,7 @@ def main(argv=None):
     rows = []
     for name in cases:
         M, K = SHAPES[name]
-        xs = [torch.randn(M, K, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
+        xs = [torch.randn(M, K, device="cuda", dtype=torch.bfloat16) for _ in range(input_sets(M, K))]
         for fmt, n in (("mxfp4", 32), ("nvfp4", 16)):
             if fmt not in a.formats.split(","):
                 continue
