@@ -8,7 +8,7 @@ written / time) against a device-to-device copy timed the same way in the same r
 bytes are checked against the default launch. Writes OUT/sweep_quant_kernel.json; the best
 config per case is printed (DEFAULT_LAUNCH in fpq_core/kernels/quant.py comes from here).
 
-    python benchmarks/sweep_quant_kernel.py --out OUT [--grid quick|full|occupancy|codes|regcap|cvt|t128|rowstep|split|gen|walk] [--cases a,b]
+    python benchmarks/sweep_quant_kernel.py --out OUT [--grid quick|full|occupancy|codes|regcap|cvt|t128|rowstep|split|gen|walk|deep|halves] [--cases a,b]
                                                       [--formats mxfp4,nvfp4] [--rot N] [--tag NAME]
 
 ``--grid occupancy``: 64-column tiles, 4 warps; rows 32/64, stages 2/3, maxnreg none/96/80/72
@@ -28,7 +28,14 @@ programs walking all tiles in row-major order) with 3, 4, 5, 6, 8 programs per S
 ``--grid gen``: the default launch with the Hadamard matrix loaded from memory
 (``gen_matrix=False``) and built in the kernel, each twice, interleaved. ``--grid split`` (with ``--rot 128``): the 128-column Hadamard tile rotated by one (128, 128) dot
 (``split=False``) against two 64-column halves (``split=True``, see ``_rotq_tile``), stages 2/3,
-register caps none/128, 4 or 8 warps, programs per SM (waves) 3, 4 and 16.
+register caps none/128, 4 or 8 warps, programs per SM (waves) 3, 4 and 16. ``--grid deep``: deeper
+software pipelines (stages 3-6: loads issued up to five tiles ahead; a small shape's program walks
+only 3-8 tiles, so its first loads wait behind the whole prologue) on the linear walk with 2-6
+programs per SM, on the rows walk with 4/8/16, and 32-row tiles with stages 4-8 on the linear walk.
+``--grid halves``: 64-column tiles (the default before the seventh session) against 128-column
+tiles rotated as two 64-column halves with the packed codes stored half by half (``join=False``)
+and together (``join=True``), each twice, interleaved; then the latter on both walks with stages
+2/3 and 3-6 (linear) or 4/8/16 (rows) programs per SM.
 """
 from __future__ import annotations
 
@@ -49,7 +56,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--quick", action="store_true", help="same as --grid quick")
-    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen", "walk"),
+    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen", "walk", "deep", "halves", "wide"),
                     default=None)
     ap.add_argument("--rot", type=int, default=None, help="rotation size (default: the format's group size)")
     ap.add_argument("--cases", default="a_8192x14336,w_4096x4096",
@@ -109,7 +116,8 @@ def main(argv=None):
                     if best is None or gbps > best["GBps"]:
                         best = r
             keys = ("case", "fmt", "rot", "block_m", "tile", "num_warps", "stages", "maxnreg", "fma_codes", "waves")
-            if grid_name not in ("occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen", "walk"):
+            if grid_name not in ("occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen", "walk", "deep",
+                                 "halves", "wide"):
                 # the same best launch without the matrix-column order (ablation, same run)
                 kw = dict(global_scale=g, plan=make_plan(t, K, spec.group_size, tile=best["tile"]),
                           **{k: best[k] for k in ("block_m", "num_warps", "stages", "waves", "maxnreg", "fma_codes")},
@@ -145,6 +153,24 @@ def _grid(name: str, fmt: str):
         return ([(None, None, None, None, None, None, None, (None,), {}),
                  (None, None, None, None, None, None, None, (None,), {"walk": "rows"})]
                 + [(None, None, None, st, None, None, None, (3, 4, 5, 6, 8), {"walk": "linear"}) for st in (2, 3)])
+    if name == "wide":          # 128-column tiles of the group-size rotation as one (128, 128) dot, 4 or 8 warps
+        return ([(None, 64, None, None, None, None, None, (None,), {})]
+                + [(bm, None, nw, st, 0, None, None, (2, 3, 4), {"walk": "linear", "halves": False})
+                   for (bm, nw), st in itertools.product(((64, 4), (64, 8), (128, 8)), (2, 3))]
+                + [(bm, None, nw, st, 0, None, None, (4, 16), {"walk": "rows", "halves": False})
+                   for (bm, nw), st in itertools.product(((64, 4), (64, 8), (128, 8)), (2, 3))])
+    if name == "halves":        # 64-column tiles (before) vs 128-column tiles as two halves, codes stored apart / together
+        base = [(None, 64, None, None, None, None, None, (None,), {}),
+                (None, None, None, None, None, None, None, (None,), {"join": False}),
+                (None, None, None, None, None, None, None, (None,), {"join": True})]
+        return (base + base
+                + [(None, None, None, st, None, None, None, (3, 4, 5, 6), {"walk": "linear"}) for st in (2, 3)]
+                + [(None, None, None, st, None, None, None, (4, 8, 16), {"walk": "rows"}) for st in (2, 3)])
+    if name == "deep":          # the default launch, then deeper pipelines on both walks and 32-row tiles
+        return ([(None, None, None, None, None, None, None, (None,), {})]
+                + [(None, None, None, st, None, None, None, (2, 3, 4, 5, 6), {"walk": "linear"}) for st in (3, 4, 5, 6)]
+                + [(None, None, None, st, None, None, None, (4, 8, 16), {"walk": "rows"}) for st in (4, 5, 6)]
+                + [(32, None, None, st, None, None, None, (4, 6, 8), {"walk": "linear"}) for st in (4, 6, 8)])
     if name == "gen":           # the default launch, the Hadamard matrix loaded or built, each twice, interleaved
         return [(None, None, None, None, None, None, None, (None,), {"gen_matrix": gm}) for gm in (False, True, False, True)]
     if name == "rowstep":       # the default tile; programs per column tile (row stride) given
