@@ -109,20 +109,18 @@ def loop_counts(sass: str) -> collections.Counter:
     return collections.Counter(op for addr, op, _ in ins if lo <= addr <= hi)
 
 
-def count_loop(kernel, fmt: str, fma_codes: bool = True, even: bool = True, f2fp: bool = True, halves: bool = True):
+def count_loop(kernel, fmt: str, fma_codes: bool = True, even: bool = True, f2fp: bool = True):
     """(loop opcode counts, counts by pipe, elements per thread per tile) of ``kernel`` compiled
-    for packed bf16 output with the format's default launch: a 128-column tile rotated as two
-    64-column halves whose codes are stored together (``halves``, the default since the seventh
-    session), else a 64-column tile."""
+    for packed bf16 output with a 64-column tile and the format's default launch."""
     from fpq_core.kernels.quant import MX_PACKED_LAUNCH, NV_LAUNCH
     nv = fmt == "nvfp4"
     launch = NV_LAUNCH if nv else MX_PACKED_LAUNCH
-    bm, nw, T = launch["block_m"], launch["num_warps"], 128 if halves else 64
-    c = dict(T=T, TO=64, G=16 if nv else 32, BM=bm, HAS_ROT=True, DOT_LOWP=True, POST_SCALE=not nv, MODE=3,
+    bm, nw, T = launch["block_m"], launch["num_warps"], 64
+    c = dict(T=T, TO=T, G=16 if nv else 32, BM=bm, HAS_ROT=True, DOT_LOWP=True, POST_SCALE=not nv, MODE=3,
              IS_NV=nv, IS_BF16=True, HW_ROUND=True, MX_MUL=not nv, NV_FMA=nv, PERM=True, ROWP=True,
              NW=nw, FCODE=fma_codes, EVEN=even, STAGES=launch["stages"], ITERS_C=0, F2FP=f2fp,
              HGEN=16 if nv else 32, HVAL=0.25 if nv else 1.0,     # the Hadamard built in the kernel, as launched
-             LINEAR=launch["walk"] == "linear", SPLIT=False, JOIN=halves)
+             LINEAR=launch["walk"] == "linear")
     cnt = loop_counts(_sass(kernel, c, nw, launch["maxnreg"]))
     pipes = collections.Counter()
     for op, n in cnt.items():

@@ -101,29 +101,13 @@ class RotationPlan:
                                            and torch.equal(m[h:, h:], -a))
         return self._cache["split_ok"]
 
-    @property
-    def halvable(self) -> bool:
-        """The tile holds two or more whole diagonal blocks (block size <= T/2): the kernel can
-        rotate it as two halves with the (T/2, T/2) diagonal block (``halves`` in :func:`_launch`),
-        the same sums as the (T, T) dot, whose off-diagonal blocks are zero."""
-        return self.matrix is not None and self.tile % 2 == 0 and self.n <= self.tile // 2
-
-    def on(self, device, dtype, folded: bool = False, permuted: bool = False, split: bool = False,
-           half: bool = False) -> torch.Tensor:
+    def on(self, device, dtype, folded: bool = False, permuted: bool = False, split: bool = False) -> torch.Tensor:
         """The matrix on ``device``; ``permuted``: columns in the order of :func:`mma_column_order`.
-        ``split`` (only where :attr:`splittable`): the (T/2, T/2) block H stacked over -H. ``half``
-        (only where :attr:`halvable`): the (T/2, T/2) diagonal block."""
-        k = (str(device), dtype, folded, permuted, split, half)
+        ``split`` (only where :attr:`splittable`): the (T/2, T/2) block H stacked over -H."""
+        k = (str(device), dtype, folded, permuted, split)
         if k not in self._cache:
             m = self.matrix * self.scale if folded else self.matrix
-            if half:
-                if not self.halvable:
-                    raise ValueError("this rotation plan's blocks are wider than half its tile")
-                h = self.tile // 2
-                m = m[:h, :h]
-                if permuted:
-                    m = m[:, mma_column_order(h)]
-            elif split:
+            if split:
                 if not self.splittable:
                     raise ValueError("this rotation plan cannot be split (not one 128-column Sylvester block)")
                 h = self.tile // 2
@@ -156,8 +140,8 @@ def _hadamard_like(transform) -> bool:
 
 def make_plan(transform, K: int, group: int, tile: int | None = None) -> RotationPlan:
     """Pick the tile width T (multiple of the transform size and of the group, dividing K, grown
-    to ``tile`` -- default 128 -- where K allows) and build the block-diagonal (T, T) matrix. (With
-    blocks of at most 64 the kernel rotates a 128-column tile as two 64-column halves.)"""
+    to ``tile`` -- default 64 with a rotation, 128 without -- where K allows) and build the
+    block-diagonal (T, T) matrix."""
     n = 0 if transform is None or getattr(transform, "name", None) == "identity" else int(transform.size)
     if n and K % n:
         raise ValueError(f"last dim {K} is not divisible by the transform size {n}")
@@ -166,7 +150,7 @@ def make_plan(transform, K: int, group: int, tile: int | None = None) -> Rotatio
     base = max(n, group)
     if K % base:
         raise ValueError(f"last dim {K} is not divisible by max(transform size {n}, group {group}) = {base}")
-    target = tile or 128
+    target = tile or (64 if n else 128)
     tile = base
     while tile < target and K % (tile * 2) == 0:
         tile *= 2
@@ -241,21 +225,15 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, z
                MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
                HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
                ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr,
-               F2FP: tl.constexpr, SPLIT: tl.constexpr, JOIN: tl.constexpr):
+               F2FP: tl.constexpr):
     """One (BM, T) tile: load, rotate, then store / track amax / quantize (see _rotq_kernel).
 
-    ``TO == T``: one dot with the (T, T) block matrix. ``TO == T // 2``: the tile as two
-    TO-column halves a, b, each loaded on its own and each going through the epilogue on its own.
-    ``SPLIT`` (a Sylvester Hadamard of size T = 2 TO): with H_T = [[H, H], [H, -H]],
+    ``TO == T``: one dot with the (T, T) block matrix. ``TO == T // 2`` (the split, for a
+    Sylvester Hadamard of size T = 2 TO): with the tile's halves a, b and H_T = [[H, H], [H, -H]],
     y = [a H + b H | a H + b (-H)]; each half is one chain of matrix-unit steps over a then b with
     ``mat`` = H and ``mat2`` = -H (TO x TO, columns in the matrix-unit order), i.e. the same fp32
     sums in the same order as the (BM, T) x (T, T) dot, but half the accumulator registers and half
-    the matrix in shared memory. Not ``SPLIT`` (a block-diagonal matrix of blocks of at most TO
-    columns): y = [a M | b M] with ``mat`` = M, the (TO, TO) diagonal block -- the same sums as the
-    (T, T) dot, whose off-diagonal blocks are zero. ``JOIN`` (packed codes): the two halves' code
-    words and scale bytes are stored together, one store of the whole tile's row segments instead of
-    two of half the width (``benchmarks/floor_quant_kernel.py``: the narrower stores alone cost a
-    kernel that does nothing else 10-17 points of copy bandwidth on the small shapes)."""
+    the matrix in shared memory; each half then goes through the epilogue on its own."""
     rows = pid_m * BM + tl.arange(0, BM)
     if TO == T:
         kk = tl.arange(0, T)
@@ -264,12 +242,16 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, z
         else:           # the mask also covers the row blocks past the end of a program's walk
             x = tl.load(x_ptr + rows[:, None] * stride_xm + (pid_k * T + kk)[None, :], mask=rows[:, None] < M, other=0.0)
         if HAS_ROT:
-            y = _round_rotated(_dot1(x, mat, DOT_LOWP), rot_scale, x_ptr, POST_SCALE, IS_BF16, HW_ROUND, F2FP)
+            if DOT_LOWP:   # bf16/fp16 input times the exact +-1 matrix: tensor cores, fp32 accumulate
+                y = tl.dot(x, mat, out_dtype=tl.float32)
+            else:
+                y = tl.dot(x.to(tl.float32), mat, input_precision="ieee", out_dtype=tl.float32)
+            y = _round_rotated(y, rot_scale, x_ptr, POST_SCALE, IS_BF16, HW_ROUND, F2FP)
         else:
             y = x.to(tl.float32)
-        run_max, pw, ps = _rotq_epi(y, pid_m, pid_k, 0, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, 0, 0, M, K,
-                                    T, T, G, BM, HAS_ROT, DOT_LOWP, MODE, IS_NV, IS_BF16, HW_ROUND, MX_MUL, NV_FMA, PERM,
-                                    ROWP, NW, FCODE, EVEN, 0)
+        run_max = _rotq_epi(y, pid_m, pid_k, 0, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
+                            T, T, G, BM, HAS_ROT, DOT_LOWP, MODE, IS_NV, IS_BF16, HW_ROUND, MX_MUL, NV_FMA, PERM,
+                            ROWP, NW, FCODE, EVEN)
     else:
         kh = tl.arange(0, TO)
         pa = x_ptr + rows[:, None] * stride_xm + (pid_k * T + kh)[None, :]
@@ -279,35 +261,16 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, z
         else:
             xa = tl.load(pa, mask=rows[:, None] < M, other=0.0)
             xb = tl.load(pa + TO, mask=rows[:, None] < M, other=0.0)
-        pw = 0
-        ps = 0
-        for ch in tl.static_range(2):
-            if SPLIT:                           # [a H + b H | a H + b (-H)]
-                if ch == 0:
-                    mb = mat
-                else:
-                    mb = mat2
-                y = _dot_chain(xa, xb, mat, mb, DOT_LOWP)
-            else:                               # [a M | b M]
-                if ch == 0:
-                    y = _dot1(xa, mat, DOT_LOWP)
-                else:
-                    y = _dot1(xb, mat, DOT_LOWP)
-            y = _round_rotated(y, rot_scale, x_ptr, POST_SCALE, IS_BF16, HW_ROUND, F2FP)
-            # JOIN: the first half's outputs are kept (1) and stored with the second's (2)
-            run_max, pw, ps = _rotq_epi(y, pid_m, pid_k, ch, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, pw, ps,
-                                        M, K, T, TO, G, BM, HAS_ROT, DOT_LOWP, MODE, IS_NV, IS_BF16, HW_ROUND, MX_MUL,
-                                        NV_FMA, PERM, ROWP, NW, FCODE, EVEN, JOIN * (ch + 1))
+        for ch in tl.static_range(2):          # [a H + b H | a H + b (-H)]
+            if ch == 0:
+                mb = mat
+            else:
+                mb = mat2
+            y = _round_rotated(_dot_chain(xa, xb, mat, mb, DOT_LOWP), rot_scale, x_ptr, POST_SCALE, IS_BF16, HW_ROUND, F2FP)
+            run_max = _rotq_epi(y, pid_m, pid_k, ch, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
+                                T, TO, G, BM, HAS_ROT, DOT_LOWP, MODE, IS_NV, IS_BF16, HW_ROUND, MX_MUL, NV_FMA, PERM,
+                                ROWP, NW, FCODE, EVEN)
     return run_max
-
-
-@triton.jit
-def _dot1(x, m, DOT_LOWP: tl.constexpr):
-    """fp32 x @ m on the matrix units (bf16/fp16 operands; else float32 with IEEE products)."""
-    if DOT_LOWP:   # bf16/fp16 input times the exact +-1 matrix: tensor cores, fp32 accumulate
-        return tl.dot(x, m, out_dtype=tl.float32)
-    else:
-        return tl.dot(x.to(tl.float32), m, input_precision="ieee", out_dtype=tl.float32)
 
 
 @triton.jit
@@ -322,17 +285,14 @@ def _dot_chain(xa, xb, ma, mb, DOT_LOWP: tl.constexpr):
 
 
 @triton.jit
-def _rotq_epi(y, pid_m, pid_k, CH: tl.constexpr, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, pw, ps, M, K,
+def _rotq_epi(y, pid_m, pid_k, CH: tl.constexpr, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
               TT: tl.constexpr, T: tl.constexpr, G: tl.constexpr, BM: tl.constexpr,
               HAS_ROT: tl.constexpr, DOT_LOWP: tl.constexpr,
               MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
               HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
-              ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr, JOIN: tl.constexpr):
+              ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr):
     """Chunk CH (T columns) of the (BM, TT) tile (pid_m, pid_k), rotated and rounded in y:
-    store it (MODE 0), track its amax (1), or quantize it (2 fake, 3 packed). Returns
-    (run_max, codes, scale bytes): MODE 3 with ``JOIN`` 1 stores nothing and returns this chunk's
-    packed codes and scale bytes; with ``JOIN`` 2 they are stored joined after ``pw``/``ps``, the
-    previous chunk's (two chunks of a tile, CH = 1 here); otherwise ``pw``/``ps`` pass through."""
+    store it (MODE 0), track its amax (1), or quantize it (2 fake, 3 packed)."""
     kk = tl.arange(0, T)
     NG: tl.constexpr = T // G
     rows = pid_m * BM + tl.arange(0, BM)
@@ -432,46 +392,29 @@ def _rotq_epi(y, pid_m, pid_k, CH: tl.constexpr, out_ptr, pk_ptr, sb_ptr, g, rg,
                 # MX: |q| < 6 (1 + 2^-20), no saturation needed.
                 codef = tl.fma(z, 8.0, e2m1_index_f(tl.abs(q), IS_NV))
                 words = pack_codes_f(tl.reshape(codef, (BM, T)), BM, T)
-                PW: tl.constexpr = T // 8                  # int32 words per row
+                wcols = pid_k * (TT // 8) + CH * (T // 8) + tl.arange(0, T // 8)
+                tl.store(pk_ptr + srows[:, None] * (K // 8) + wcols[None, :], words, mask=rmask)
             else:
                 code = e2m1_code(q, y3, IS_NV)     # MX: |q| < 6 (1 + 2^-20), no saturation needed
                 lo, hi = tl.split(tl.reshape(code, (BM, T // 2, 2)))
-                words = (lo | (hi << 4)).to(tl.uint8)
-                PW: tl.constexpr = T // 2                  # bytes per row
-            if JOIN == 1:      # kept for the next chunk's store
-                pw = words
-                ps = sbyte
+                pcols = pid_k * (TT // 2) + CH * (T // 2) + tl.arange(0, T // 2)
+                tl.store(pk_ptr + srows[:, None] * (K // 2) + pcols[None, :], (lo | (hi << 4)).to(tl.uint8), mask=rmask)
+            gcols = pid_k * (TT // G) + CH * NG + tl.arange(0, NG)
+            sptr = sb_ptr + srows[:, None] * (K // G) + gcols[None, :]
+            if HW_ROUND and not IS_NV:
+                # MX: a group spans two lanes, a layout Triton's coalesced store would shuffle
+                # through shared memory (a block barrier per tile); store each byte from the
+                # registers instead (both lanes of a group write the same byte)
+                if EVEN:
+                    tl.inline_asm_elementwise("{ st.global.b8 [$1], $2; mov.b32 $0, 0; }",
+                                              "=r,l,r", [sptr, sbyte.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+                else:
+                    tl.inline_asm_elementwise(
+                        "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.b8 [$1], $2; mov.b32 $0, 0; }",
+                        "=r,l,r,r", [sptr, sbyte.to(tl.int32), rmask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
             else:
-                if JOIN == 2:   # this chunk after the previous one: one store of the tile's row segments
-                    words = _join_cols(pw, words, BM, PW)
-                    sbyte = _join_cols(ps, sbyte, BM, NG)
-                    wcols = pid_k * (TT * PW // T) + tl.arange(0, 2 * PW)
-                    gcols = pid_k * (TT // G) + tl.arange(0, 2 * NG)
-                else:
-                    wcols = pid_k * (TT * PW // T) + CH * PW + tl.arange(0, PW)
-                    gcols = pid_k * (TT // G) + CH * NG + tl.arange(0, NG)
-                tl.store(pk_ptr + srows[:, None] * (K * PW // T) + wcols[None, :], words, mask=rmask)
-                sptr = sb_ptr + srows[:, None] * (K // G) + gcols[None, :]
-                if HW_ROUND and not IS_NV:
-                    # MX: a group spans two lanes, a layout Triton's coalesced store would shuffle
-                    # through shared memory (a block barrier per tile); store each byte from the
-                    # registers instead (both lanes of a group write the same byte)
-                    if EVEN:
-                        tl.inline_asm_elementwise("{ st.global.b8 [$1], $2; mov.b32 $0, 0; }",
-                                                  "=r,l,r", [sptr, sbyte.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
-                    else:
-                        tl.inline_asm_elementwise(
-                            "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.b8 [$1], $2; mov.b32 $0, 0; }",
-                            "=r,l,r,r", [sptr, sbyte.to(tl.int32), rmask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
-                else:
-                    tl.store(sptr, sbyte, mask=rmask)
-    return run_max, pw, ps
-
-
-@triton.jit
-def _join_cols(a, b, R: tl.constexpr, C: tl.constexpr):
-    """(R, C) a and b side by side: (R, 2C)."""
-    return tl.reshape(tl.permute(tl.join(a, b), (0, 2, 1)), (R, 2 * C))
+                tl.store(sptr, sbyte, mask=rmask)
+    return run_max
 
 
 @triton.jit
@@ -501,13 +444,13 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
                  HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
                  ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr,
                  ITERS_C: tl.constexpr, F2FP: tl.constexpr, HGEN: tl.constexpr, HVAL: tl.constexpr,
-                 LINEAR: tl.constexpr, SPLIT: tl.constexpr, JOIN: tl.constexpr):
+                 LINEAR: tl.constexpr):
     """Persistent: each program loads (or builds) the rotation matrix once, keeps one column tile
     (pid % tiles_k) and walks the row blocks pid // tiles_k + i * row_step (the grid is
     tiles_k * row_step programs, so no division per tile; where row_step does not divide the row
     blocks, some walks are one tile shorter). MODE 0 rotated, 1 amax (one value per
-    program), 2 fake quant, 3 packed codes + scale bytes. ``TO < T``: the tile in two halves
-    (_rotq_tile): ``SPLIT``, m_ptr holding H and -H (2 TO x TO); else the (TO, TO) diagonal block. ``HGEN`` > 0: the matrix is the Sylvester
+    program), 2 fake quant, 3 packed codes + scale bytes. ``TO < T``: the split rotation of
+    _rotq_tile, m_ptr holding H and -H (2 TO x TO). ``HGEN`` > 0: the matrix is the Sylvester
     Hadamard of that size with entries +-HVAL, built here (_sylvester_tile), not loaded.
     ``LINEAR``: the programs instead walk the tiles in row-major order, tile pid + i * row_step
     (row_step = the number of programs), each tile's row block and column tile advanced from the
@@ -518,7 +461,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
     if HAS_ROT:
         if HGEN > 0:
             mat = _sylvester_tile(TO, HGEN, PERM, HVAL)
-            if SPLIT:
+            if TO < T:
                 mat2 = _sylvester_tile(TO, HGEN, PERM, -HVAL)
             else:
                 mat2 = mat
@@ -527,7 +470,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
                 mat2 = mat2.to(x_ptr.dtype.element_ty)
         else:
             mat = tl.load(m_ptr + kk[:, None] * TO + kk[None, :])
-            if SPLIT:
+            if TO < T:
                 mat2 = tl.load(m_ptr + TO * TO + kk[:, None] * TO + kk[None, :])
             else:
                 mat2 = mat
@@ -558,7 +501,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
                 t = pid + it * row_step
                 run_max = _rotq_tile(t // tiles_k, t % tiles_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                      stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                     HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, SPLIT, JOIN)
+                                     HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP)
         else:
             # (row block, column tile) of tile pid + it * row_step, advanced by (dm, dk) per tile
             # with one wrap instead of a division per tile
@@ -570,7 +513,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
             for it in tl.range(0, n_it, num_stages=STAGES):
                 run_max = _rotq_tile(pm, pk, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                      stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                     HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, SPLIT, JOIN)
+                                     HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP)
                 pk = pk + dk
                 wrap = pk >= tiles_k
                 pk = tl.where(wrap, pk - tiles_k, pk)
@@ -579,7 +522,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
         for it in range(0, ITERS_C):
             run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                  stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, SPLIT, JOIN)
+                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP)
     else:
         if EVEN:
             n_it = iters
@@ -588,7 +531,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
         for it in tl.range(0, n_it, num_stages=STAGES):
             run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                  stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, SPLIT, JOIN)
+                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP)
     if MODE == 1:
         tl.store(amax_ptr + pid, tl.max(tl.max(run_max, axis=1), axis=0))
     if (MODE == 3) and (not IS_NV):
@@ -702,8 +645,7 @@ def launch_defaults(is_nv: bool, mode: int, split: bool, tiles: int, sms: int) -
 def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax=None, gs=None, block_m=None, num_warps: int | None = None, waves: int | None = None, stages: int | None = None,
             mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
             f2fp: bool | None = None, row_step: int | None = None, split: bool | None = None,
-            gen_matrix: bool | None = None, walk: str | None = None, halves: bool | None = None,
-            join: bool | None = None):
+            gen_matrix: bool | None = None, walk: str | None = None):
     """Launch the persistent kernel. MODE 1 returns its partial maxima (one per program, in a
     buffer allocated here); MODE 3 with an MX format returns the global scale the kernel copied
     from ``gs`` into a tensor allocated here (so the caller's constant is never handed out); the
@@ -714,12 +656,7 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
     has_rot = plan.matrix is not None
     # a 128-column Sylvester tile rotated as two 64-column halves (see _rotq_tile), groups inside a half
     sp = has_rot and plan.splittable and (T // 2) % G == 0 and (True if split is None else bool(split))
-    # a 128-column tile of smaller diagonal blocks rotated as two 64-column halves, groups inside a half
-    hv = (has_rot and not sp and T == 128 and plan.halvable and (T // 2) % G == 0
-          and (True if halves is None else bool(halves)))
-    TO = T // 2 if sp or hv else T
-    # packed codes of two halves stored together (see _rotq_tile)
-    jn = mode == 3 and TO < T and (True if join is None else bool(join))
+    TO = T // 2 if sp else T
     tiles_k = K // T
     dflt = launch_defaults(is_nv, mode, sp, triton.cdiv(M, block_m or DEFAULT_LAUNCH["block_m"]) * tiles_k,
                            _sm_count(x2.device))
@@ -754,7 +691,7 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
     # a Sylvester Hadamard is built in the kernel (no load before the first tiles); other matrices are loaded
     hgen = has_rot and plan.scale is not None and plan.n <= 256 and (True if gen_matrix is None else bool(gen_matrix))
     if has_rot and not hgen:
-        mat = plan.on(x2.device, x2.dtype if lowp else torch.float32, folded=fold, permuted=perm, split=sp, half=hv)
+        mat = plan.on(x2.device, x2.dtype if lowp else torch.float32, folded=fold, permuted=perm, split=sp)
     else:
         mat = x2
     small = x2.dtype in (torch.bfloat16, torch.float16)
@@ -781,7 +718,7 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
         MX_MUL=small and not is_nv, NV_FMA=small and is_nv and not interp,
         STAGES=None if interp else (stages or dflt["stages"]), ITERS_C=iters if interp else 0, num_warps=nw,
         F2FP=True if f2fp is None else bool(f2fp), HGEN=plan.n if hgen else 0,
-        HVAL=float(plan.scale) if hgen and fold else 1.0, LINEAR=linear, SPLIT=sp, JOIN=jn,
+        HVAL=float(plan.scale) if hgen and fold else 1.0, LINEAR=linear,
         enable_fp_fusion=False, **extra)
     return amax if mode == 1 else gso
 
@@ -791,8 +728,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
                     num_warps: int | None = None, waves: int | None = None, stages: int | None = None,
                     mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
                     f2fp: bool | None = None, row_step: int | None = None, split: bool | None = None,
-                    gen_matrix: bool | None = None, walk: str | None = None, halves: bool | None = None,
-                    join: bool | None = None):
+                    gen_matrix: bool | None = None, walk: str | None = None):
     """Fused rotation + FP4 quantization; see the module docstring. ``global_scale`` (NVFP4):
     the fp32 encode scale to use; None computes it from the rotated input (an extra amax pass).
     A float or CPU tensor is checked here (finite, > 0); a CUDA tensor is used as is, without a
@@ -810,10 +746,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
     ``gen_matrix=False`` loads a Hadamard matrix from memory instead of building it in the kernel;
     ``walk``: "rows" (each program keeps a column tile and walks its row blocks; ``waves`` about
     programs per SM) or "linear" (SMs * ``waves`` programs walk the tiles in row-major order;
-    ``row_step`` then sets the program count); ``halves=False`` rotates a 128-column tile of smaller
-    diagonal blocks (rotation size <= 64) with one (128, 128) dot instead of two 64-column halves;
-    ``join=False`` stores the packed codes and scale bytes of a tile's two halves one half at a time
-    instead of together."""
+    ``row_step`` then sets the program count)."""
     if output not in _OUTPUTS:
         raise ValueError(f"output must be one of {list(_OUTPUTS)}, got {output!r}")
     if output in ("fake", "packed"):
@@ -831,7 +764,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
     M = x2.shape[0]
     launch = dict(block_m=block_m, num_warps=num_warps, waves=waves, stages=stages, mma_order=mma_order, maxnreg=maxnreg,
                   fma_codes=fma_codes, f2fp=f2fp, row_step=row_step, split=split,
-                  gen_matrix=gen_matrix, walk=walk, halves=halves, join=join)
+                  gen_matrix=gen_matrix, walk=walk)
     if output == "rotated":
         out = torch.empty_like(x2)
         _launch(x2, plan, spec, 0, out=out, **launch)
