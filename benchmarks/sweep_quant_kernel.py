@@ -8,7 +8,7 @@ written / time) against a device-to-device copy timed the same way in the same r
 bytes are checked against the default launch. Writes OUT/sweep_quant_kernel.json; the best
 config per case is printed (DEFAULT_LAUNCH in fpq_core/kernels/quant.py comes from here).
 
-    python benchmarks/sweep_quant_kernel.py --out OUT [--grid quick|full|occupancy|codes|regcap|cvt|t128|rowstep|split|gen|walk|deep] [--cases a,b]
+    python benchmarks/sweep_quant_kernel.py --out OUT [--grid quick|full|occupancy|codes|regcap|cvt|t128|rowstep|split|gen|walk|deep|fold] [--cases a,b]
                                                       [--formats mxfp4,nvfp4] [--rot N] [--tag NAME]
 
 ``--grid occupancy``: 64-column tiles, 4 warps; rows 32/64, stages 2/3, maxnreg none/96/80/72
@@ -32,7 +32,9 @@ register caps none/128, 4 or 8 warps, programs per SM (waves) 3, 4 and 16. ``--g
 software pipelines (stages 3-6: loads issued up to five tiles ahead; a small shape's program walks
 only 3-8 tiles, so its first loads wait behind the whole prologue) on the linear walk with 2-6
 programs per SM, on the rows walk with 4/8/16, and 32-row tiles with stages 4-8 on the linear walk.
-(The seventh session's grids ``halves`` and ``wide`` -- 128-column tiles of the group-size
+``--grid fold``: tiles of 64/F input rows times F tile widths (``row_fold`` F = 1, 2, 4, each
+twice, interleaved, default launch otherwise), then F = 2, 4 on the linear walk (3, 4, 6 programs
+per SM, stages 2/3) and the rows walk (4, 16). (The seventh session's grids ``halves`` and ``wide`` -- 128-column tiles of the group-size
 rotations, as two 64-column halves with their codes stored apart or together, or as one
 (128, 128) dot with 4 or 8 warps -- ran on the kernel of commit 117ebbe, slower on every shape,
 not kept: results/sweep_quant_kernel_halves.json, _wide.json, docs/performance.md.)
@@ -56,7 +58,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--quick", action="store_true", help="same as --grid quick")
-    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen", "walk", "deep"),
+    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen", "walk", "deep", "fold"),
                     default=None)
     ap.add_argument("--rot", type=int, default=None, help="rotation size (default: the format's group size)")
     ap.add_argument("--cases", default="a_8192x14336,w_4096x4096",
@@ -116,7 +118,8 @@ def main(argv=None):
                     if best is None or gbps > best["GBps"]:
                         best = r
             keys = ("case", "fmt", "rot", "block_m", "tile", "num_warps", "stages", "maxnreg", "fma_codes", "waves")
-            if grid_name not in ("occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen", "walk", "deep"):
+            if grid_name not in ("occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen", "walk", "deep",
+                                 "fold"):
                 # the same best launch without the matrix-column order (ablation, same run)
                 kw = dict(global_scale=g, plan=make_plan(t, K, spec.group_size, tile=best["tile"]),
                           **{k: best[k] for k in ("block_m", "num_warps", "stages", "waves", "maxnreg", "fma_codes")},
@@ -152,6 +155,11 @@ def _grid(name: str, fmt: str):
         return ([(None, None, None, None, None, None, None, (None,), {}),
                  (None, None, None, None, None, None, None, (None,), {"walk": "rows"})]
                 + [(None, None, None, st, None, None, None, (3, 4, 5, 6, 8), {"walk": "linear"}) for st in (2, 3)])
+    if name == "fold":          # tiles of 64/F input rows x F tile widths (row_fold), default launch, then walks
+        return ([(None, None, None, None, None, None, None, (None,), {"row_fold": f}) for f in (1, 2, 4, 1, 2, 4)]
+                + [(None, None, None, st, None, None, None, (3, 4, 6), {"walk": "linear", "row_fold": f})
+                   for f, st in itertools.product((2, 4), (2, 3))]
+                + [(None, None, None, 3, None, None, None, (4, 16), {"walk": "rows", "row_fold": f}) for f in (2, 4)])
     if name == "deep":          # the default launch, then deeper pipelines on both walks and 32-row tiles
         return ([(None, None, None, None, None, None, None, (None,), {})]
                 + [(None, None, None, st, None, None, None, (2, 3, 4, 5, 6), {"walk": "linear"}) for st in (3, 4, 5, 6)]

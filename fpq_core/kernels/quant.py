@@ -225,8 +225,12 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, z
                MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
                HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
                ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr,
-               F2FP: tl.constexpr):
+               F2FP: tl.constexpr, FOLD: tl.constexpr):
     """One (BM, T) tile: load, rotate, then store / track amax / quantize (see _rotq_kernel).
+
+    ``FOLD`` > 1: the tile's BM rows are BM/FOLD rows of the input times FOLD adjacent T-column
+    chunks (row i of the tile is input row i % (BM/FOLD), chunk i // (BM/FOLD)): the tile reads and
+    writes BM/FOLD row segments of FOLD*T columns instead of BM of T (see _tile_rows).
 
     ``TO == T``: one dot with the (T, T) block matrix. ``TO == T // 2`` (the split, for a
     Sylvester Hadamard of size T = 2 TO): with the tile's halves a, b and H_T = [[H, H], [H, -H]],
@@ -234,13 +238,13 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, z
     ``mat`` = H and ``mat2`` = -H (TO x TO, columns in the matrix-unit order), i.e. the same fp32
     sums in the same order as the (BM, T) x (T, T) dot, but half the accumulator registers and half
     the matrix in shared memory; each half then goes through the epilogue on its own."""
-    rows = pid_m * BM + tl.arange(0, BM)
+    rows, xrow = _tile_rows(tl.arange(0, BM), pid_m, pid_k, stride_xm, T, BM, FOLD)
     if TO == T:
         kk = tl.arange(0, T)
         if EVEN:        # every row block of every program's walk is whole and inside: no masks
-            x = tl.load(x_ptr + rows[:, None] * stride_xm + (pid_k * T + kk)[None, :])
+            x = tl.load(x_ptr + xrow[:, None] + kk[None, :])
         else:           # the mask also covers the row blocks past the end of a program's walk
-            x = tl.load(x_ptr + rows[:, None] * stride_xm + (pid_k * T + kk)[None, :], mask=rows[:, None] < M, other=0.0)
+            x = tl.load(x_ptr + xrow[:, None] + kk[None, :], mask=rows[:, None] < M, other=0.0)
         if HAS_ROT:
             if DOT_LOWP:   # bf16/fp16 input times the exact +-1 matrix: tensor cores, fp32 accumulate
                 y = tl.dot(x, mat, out_dtype=tl.float32)
@@ -251,10 +255,10 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, z
             y = x.to(tl.float32)
         run_max = _rotq_epi(y, pid_m, pid_k, 0, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                             T, T, G, BM, HAS_ROT, DOT_LOWP, MODE, IS_NV, IS_BF16, HW_ROUND, MX_MUL, NV_FMA, PERM,
-                            ROWP, NW, FCODE, EVEN)
+                            ROWP, NW, FCODE, EVEN, FOLD)
     else:
         kh = tl.arange(0, TO)
-        pa = x_ptr + rows[:, None] * stride_xm + (pid_k * T + kh)[None, :]
+        pa = x_ptr + xrow[:, None] + kh[None, :]
         if EVEN:
             xa = tl.load(pa)
             xb = tl.load(pa + TO)
@@ -269,8 +273,23 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, z
             y = _round_rotated(_dot_chain(xa, xb, mat, mb, DOT_LOWP), rot_scale, x_ptr, POST_SCALE, IS_BF16, HW_ROUND, F2FP)
             run_max = _rotq_epi(y, pid_m, pid_k, ch, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                 T, TO, G, BM, HAS_ROT, DOT_LOWP, MODE, IS_NV, IS_BF16, HW_ROUND, MX_MUL, NV_FMA, PERM,
-                                ROWP, NW, FCODE, EVEN)
+                                ROWP, NW, FCODE, EVEN, FOLD)
     return run_max
+
+
+@triton.jit
+def _tile_rows(i, pid_m, pid_k, stride, W: tl.constexpr, BM: tl.constexpr, FOLD: tl.constexpr):
+    """(input row, offset of the row's first element) of tile rows i of tile (pid_m, pid_k), for an
+    input with row stride ``stride`` and tiles W columns wide; with ``FOLD`` > 1 the tile is BM/FOLD
+    input rows x FOLD chunks of W columns (row i: input row i % (BM/FOLD), chunk i // (BM/FOLD)).
+    Offsets in elements of that input (codes, scale bytes: pass their stride and width)."""
+    if FOLD == 1:
+        rows = pid_m * BM + i
+        return rows, rows * stride + pid_k * W
+    else:
+        R: tl.constexpr = BM // FOLD
+        rows = pid_m * R + i % R
+        return rows, rows * stride + (pid_k * FOLD + i // R) * W
 
 
 @triton.jit
@@ -290,13 +309,12 @@ def _rotq_epi(y, pid_m, pid_k, CH: tl.constexpr, out_ptr, pk_ptr, sb_ptr, g, rg,
               HAS_ROT: tl.constexpr, DOT_LOWP: tl.constexpr,
               MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
               HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
-              ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr):
+              ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr,
+              FOLD: tl.constexpr):
     """Chunk CH (T columns) of the (BM, TT) tile (pid_m, pid_k), rotated and rounded in y:
-    store it (MODE 0), track its amax (1), or quantize it (2 fake, 3 packed)."""
+    store it (MODE 0), track its amax (1), or quantize it (2 fake, 3 packed). Rows as _tile_rows."""
     kk = tl.arange(0, T)
     NG: tl.constexpr = T // G
-    rows = pid_m * BM + tl.arange(0, BM)
-    cols = pid_k * TT + CH * T + kk
     if HAS_ROT:
         if PERM:    # mat's columns are in mma_column_order: back to column order (no data moves)
             y = tl.reshape(tl.permute(tl.reshape(y, (BM, T // 8, 4, 2)), (0, 2, 1, 3)), (BM, T))
@@ -307,15 +325,17 @@ def _rotq_epi(y, pid_m, pid_k, CH: tl.constexpr, out_ptr, pk_ptr, sb_ptr, g, rg,
         # stores then need no round trip through shared memory; they write row srows[i].
         RS: tl.constexpr = BM // (16 * NW)
         y = tl.reshape(tl.permute(tl.reshape(y, (RS, NW, 2, 8, T)), (0, 2, 1, 3, 4)), (BM, T))
-        srows = pid_m * BM + tl.reshape(tl.permute(tl.reshape(tl.arange(0, BM), (RS, NW, 2, 8)), (0, 2, 1, 3)), (BM,))
+        lrow = tl.reshape(tl.permute(tl.reshape(tl.arange(0, BM), (RS, NW, 2, 8)), (0, 2, 1, 3)), (BM,))
     else:
-        srows = rows
+        lrow = tl.arange(0, BM)
+    # the rows' offsets in the output (K), the packed codes (K/8 words or K/2 bytes) and the scale bytes (K/G)
+    srows, orow = _tile_rows(lrow, pid_m, pid_k, K, TT, BM, FOLD)
     if EVEN:
         rmask = None
     else:
         rmask = srows[:, None] < M
     if MODE == 0:
-        tl.store(out_ptr + srows[:, None] * K + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=rmask)
+        tl.store(out_ptr + orow[:, None] + (CH * T + kk)[None, :], y.to(out_ptr.dtype.element_ty), mask=rmask)
     elif MODE == 1:
         run_max = tl.maximum(run_max, tl.abs(y))
     else:
@@ -384,7 +404,7 @@ def _rotq_epi(y, pid_m, pid_k, CH: tl.constexpr, out_ptr, pk_ptr, sb_ptr, g, rg,
                 dq = dq.to(out_ptr.dtype.element_ty)
             else:
                 dq = round_to_dtype(dq, IS_BF16).to(out_ptr.dtype.element_ty)
-            tl.store(out_ptr + srows[:, None] * K + cols[None, :], dq, mask=rmask)
+            tl.store(out_ptr + orow[:, None] + (CH * T + kk)[None, :], dq, mask=rmask)
         else:
             if FCODE:
                 # code = E2M1 index | 8 (negative or zero), as a float 2^23 + code on the FMA pipe,
@@ -392,15 +412,16 @@ def _rotq_epi(y, pid_m, pid_k, CH: tl.constexpr, out_ptr, pk_ptr, sb_ptr, g, rg,
                 # MX: |q| < 6 (1 + 2^-20), no saturation needed.
                 codef = tl.fma(z, 8.0, e2m1_index_f(tl.abs(q), IS_NV))
                 words = pack_codes_f(tl.reshape(codef, (BM, T)), BM, T)
-                wcols = pid_k * (TT // 8) + CH * (T // 8) + tl.arange(0, T // 8)
-                tl.store(pk_ptr + srows[:, None] * (K // 8) + wcols[None, :], words, mask=rmask)
+                _, wrow = _tile_rows(lrow, pid_m, pid_k, K // 8, TT // 8, BM, FOLD)
+                tl.store(pk_ptr + wrow[:, None] + (CH * (T // 8) + tl.arange(0, T // 8))[None, :], words, mask=rmask)
             else:
                 code = e2m1_code(q, y3, IS_NV)     # MX: |q| < 6 (1 + 2^-20), no saturation needed
                 lo, hi = tl.split(tl.reshape(code, (BM, T // 2, 2)))
-                pcols = pid_k * (TT // 2) + CH * (T // 2) + tl.arange(0, T // 2)
-                tl.store(pk_ptr + srows[:, None] * (K // 2) + pcols[None, :], (lo | (hi << 4)).to(tl.uint8), mask=rmask)
-            gcols = pid_k * (TT // G) + CH * NG + tl.arange(0, NG)
-            sptr = sb_ptr + srows[:, None] * (K // G) + gcols[None, :]
+                _, brow = _tile_rows(lrow, pid_m, pid_k, K // 2, TT // 2, BM, FOLD)
+                tl.store(pk_ptr + brow[:, None] + (CH * (T // 2) + tl.arange(0, T // 2))[None, :],
+                         (lo | (hi << 4)).to(tl.uint8), mask=rmask)
+            _, grow = _tile_rows(lrow, pid_m, pid_k, K // G, TT // G, BM, FOLD)
+            sptr = sb_ptr + grow[:, None] + (CH * NG + tl.arange(0, NG))[None, :]
             if HW_ROUND and not IS_NV:
                 # MX: a group spans two lanes, a layout Triton's coalesced store would shuffle
                 # through shared memory (a block barrier per tile); store each byte from the
@@ -444,7 +465,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
                  HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
                  ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr,
                  ITERS_C: tl.constexpr, F2FP: tl.constexpr, HGEN: tl.constexpr, HVAL: tl.constexpr,
-                 LINEAR: tl.constexpr):
+                 LINEAR: tl.constexpr, FOLD: tl.constexpr):
     """Persistent: each program loads (or builds) the rotation matrix once, keeps one column tile
     (pid % tiles_k) and walks the row blocks pid // tiles_k + i * row_step (the grid is
     tiles_k * row_step programs, so no division per tile; where row_step does not divide the row
@@ -501,11 +522,11 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
                 t = pid + it * row_step
                 run_max = _rotq_tile(t // tiles_k, t % tiles_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                      stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                     HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP)
+                                     HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD)
         else:
             # (row block, column tile) of tile pid + it * row_step, advanced by (dm, dk) per tile
             # with one wrap instead of a division per tile
-            n_it = tl.cdiv(tl.cdiv(M, BM) * tiles_k - pid, row_step)
+            n_it = tl.cdiv(tl.cdiv(M, BM // FOLD) * tiles_k - pid, row_step)
             dm = row_step // tiles_k
             dk = row_step % tiles_k
             pm = pid_m0
@@ -513,7 +534,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
             for it in tl.range(0, n_it, num_stages=STAGES):
                 run_max = _rotq_tile(pm, pk, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                      stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                     HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP)
+                                     HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD)
                 pk = pk + dk
                 wrap = pk >= tiles_k
                 pk = tl.where(wrap, pk - tiles_k, pk)
@@ -522,16 +543,16 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
         for it in range(0, ITERS_C):
             run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                  stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP)
+                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD)
     else:
         if EVEN:
             n_it = iters
         else:   # a walk ends at the last row block: no idle masked tile where the stride is uneven
-            n_it = tl.cdiv(tl.cdiv(M, BM) - pid_m0, row_step)
+            n_it = tl.cdiv(tl.cdiv(M, BM // FOLD) - pid_m0, row_step)
         for it in tl.range(0, n_it, num_stages=STAGES):
             run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                  stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP)
+                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD)
     if MODE == 1:
         tl.store(amax_ptr + pid, tl.max(tl.max(run_max, axis=1), axis=0))
     if (MODE == 3) and (not IS_NV):
@@ -612,8 +633,13 @@ def grid_stride(row_blocks: int, tiles_k: int, sms: int, waves: int, small_waves
 # ``walk``: "rows" (programs keep a column tile; ``waves`` ~ programs per SM, oversubscribed) or
 # "linear" (exactly SMs * ``waves`` programs over all tiles in row-major order). ``large``: the
 # launch used instead where the tiles number at least ``large_tiles_per_sm`` per SM.
+# ``row_fold``: a tile of 64 rows is 16 input rows x 4 tile widths of columns (_tile_rows) where K
+# allows: each load and store covers 4x longer row segments (``sweep_quant_kernel.py --grid fold``,
+# seventh session: MXFP4 +3 to +6 points on every shape, NVFP4 +0.5 to +2.5, had128 +0 to +2.5;
+# benchmarks/floor_quant_kernel.py: a kernel doing nothing but these loads and stores reaches 68-72%
+# of copy at 2048x4096 with 64x64 tiles and 84-86% with 16x256).
 DEFAULT_LAUNCH = {"block_m": 64, "num_warps": 4, "waves": 16, "stages": 3, "maxnreg": None, "small_waves": 4,
-                  "walk": "rows"}
+                  "walk": "rows", "row_fold": 4}
 NV_LAUNCH = dict(DEFAULT_LAUNCH, maxnreg=96)     # NVFP4: a 96-register cap gave 1-3% (64-column bf16 tiles)
 # MXFP4 packed codes: 4 programs per SM walking all tiles (``--grid walk``: +0.4 to +6.5 points on
 # the large shapes, the same on the small ones; NVFP4 lost 1-3 points that way and keeps "rows")
@@ -645,7 +671,7 @@ def launch_defaults(is_nv: bool, mode: int, split: bool, tiles: int, sms: int) -
 def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax=None, gs=None, block_m=None, num_warps: int | None = None, waves: int | None = None, stages: int | None = None,
             mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
             f2fp: bool | None = None, row_step: int | None = None, split: bool | None = None,
-            gen_matrix: bool | None = None, walk: str | None = None):
+            gen_matrix: bool | None = None, walk: str | None = None, row_fold: int | None = None):
     """Launch the persistent kernel. MODE 1 returns its partial maxima (one per program, in a
     buffer allocated here); MODE 3 with an MX format returns the global scale the kernel copied
     from ``gs`` into a tensor allocated here (so the caller's constant is never handed out); the
@@ -657,11 +683,23 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
     # a 128-column Sylvester tile rotated as two 64-column halves (see _rotq_tile), groups inside a half
     sp = has_rot and plan.splittable and (T // 2) % G == 0 and (True if split is None else bool(split))
     TO = T // 2 if sp else T
-    tiles_k = K // T
-    dflt = launch_defaults(is_nv, mode, sp, triton.cdiv(M, block_m or DEFAULT_LAUNCH["block_m"]) * tiles_k,
+    dflt = launch_defaults(is_nv, mode, sp, triton.cdiv(M, block_m or DEFAULT_LAUNCH["block_m"]) * (K // T),
                            _sm_count(x2.device))
     bm = block_m or dflt["block_m"]
-    row_blocks = triton.cdiv(M, bm)
+    # a tile of bm/rf input rows x rf chunks of T columns (_tile_rows): the default, else the largest
+    # power of two below it that K and bm allow
+    if row_fold is None:
+        rf = dflt.get("row_fold", 1)
+        while rf > 1 and (K % (rf * T) or bm % rf):
+            rf //= 2
+    else:
+        rf = int(row_fold)
+        if rf < 1 or bm % rf or K % (rf * T):
+            raise ValueError(f"row_fold={rf}: needs block_m ({bm}) divisible by it and K ({K}) divisible by "
+                             f"row_fold * tile width ({rf} * {T})")
+    tiles_k = K // (rf * T)
+    bm_rows = bm // rf                                      # input rows per tile
+    row_blocks = triton.cdiv(M, bm_rows)
     walk = walk or dflt["walk"]
     if walk not in ("rows", "linear"):
         raise ValueError(f"walk must be 'rows' or 'linear', got {walk!r}")
@@ -669,29 +707,29 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
     if linear:      # SMs * waves programs walk the tiles in row-major order, stride = the program count
         total = row_blocks * tiles_k
         row_step = max(1, min(total, _sm_count(x2.device) * (waves or dflt["waves"]) if row_step is None else int(row_step)))
-        even = M % bm == 0 and (x2.is_cuda or total % row_step == 0)
+        even = M % bm_rows == 0 and (x2.is_cuda or total % row_step == 0)
     # tiles_k * row_step programs (about SMs * waves): each keeps its column tile and walks the
     # row blocks with stride row_step
     elif row_step is None:
         row_step, even = grid_stride(row_blocks, tiles_k, _sm_count(x2.device), waves or dflt["waves"],
-                                     None if waves else dflt["small_waves"], M % bm == 0)
+                                     None if waves else dflt["small_waves"], M % bm_rows == 0)
     else:                                                   # benchmarks: the stride given
         row_step = max(1, min(int(row_step), row_blocks))
-        even = M % bm == 0 and row_blocks % row_step == 0
+        even = M % bm_rows == 0 and row_blocks % row_step == 0
     iters = triton.cdiv(row_blocks * tiles_k if linear else row_blocks, row_step)
     nprog = row_step if linear else tiles_k * row_step
     interp = not x2.is_cuda
     # bf16/fp16 x +-1 matrix on the tensor cores (exact products). Triton's CPU interpreter reads
     # bf16 operands of tl.dot as raw integers, so there the tile is upcast first (same products).
     lowp = has_rot and plan.scale is not None and x2.dtype in (torch.bfloat16, torch.float16) and not interp
-    fold = plan.foldable
+    fold_scale = plan.foldable
     perm = has_rot and T % 8 == 0 and (lowp or interp)     # (the interpreter: to test the order)
     if mma_order is not None:                                 # benchmarks: the order on/off
         perm = perm and mma_order
     # a Sylvester Hadamard is built in the kernel (no load before the first tiles); other matrices are loaded
     hgen = has_rot and plan.scale is not None and plan.n <= 256 and (True if gen_matrix is None else bool(gen_matrix))
     if has_rot and not hgen:
-        mat = plan.on(x2.device, x2.dtype if lowp else torch.float32, folded=fold, permuted=perm, split=sp)
+        mat = plan.on(x2.device, x2.dtype if lowp else torch.float32, folded=fold_scale, permuted=perm, split=sp)
     else:
         mat = x2
     small = x2.dtype in (torch.bfloat16, torch.float16)
@@ -713,12 +751,12 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
         sb if sb is not None else dummy, amax if amax is not None else dummy, gs if gs is not None else dummy,
         gso if gso is not None else dummy,
         M, K, x2.stride(0), float(plan.scale or 1.0), tiles_k, row_step, iters,
-        T=T, TO=TO, G=G, BM=bm, HAS_ROT=has_rot, DOT_LOWP=lowp, POST_SCALE=plan.scale is not None and not fold,
+        T=T, TO=TO, G=G, BM=bm, HAS_ROT=has_rot, DOT_LOWP=lowp, POST_SCALE=plan.scale is not None and not fold_scale,
         MODE=mode, IS_BF16=x2.dtype == torch.bfloat16, IS_NV=is_nv, HW_ROUND=not interp, PERM=perm, ROWP=rowp, NW=nw, FCODE=fcode, EVEN=even,
         MX_MUL=small and not is_nv, NV_FMA=small and is_nv and not interp,
         STAGES=None if interp else (stages or dflt["stages"]), ITERS_C=iters if interp else 0, num_warps=nw,
         F2FP=True if f2fp is None else bool(f2fp), HGEN=plan.n if hgen else 0,
-        HVAL=float(plan.scale) if hgen and fold else 1.0, LINEAR=linear,
+        HVAL=float(plan.scale) if hgen and fold_scale else 1.0, LINEAR=linear, FOLD=rf,
         enable_fp_fusion=False, **extra)
     return amax if mode == 1 else gso
 
@@ -728,7 +766,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
                     num_warps: int | None = None, waves: int | None = None, stages: int | None = None,
                     mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
                     f2fp: bool | None = None, row_step: int | None = None, split: bool | None = None,
-                    gen_matrix: bool | None = None, walk: str | None = None):
+                    gen_matrix: bool | None = None, walk: str | None = None, row_fold: int | None = None):
     """Fused rotation + FP4 quantization; see the module docstring. ``global_scale`` (NVFP4):
     the fp32 encode scale to use; None computes it from the rotated input (an extra amax pass).
     A float or CPU tensor is checked here (finite, > 0); a CUDA tensor is used as is, without a
@@ -746,7 +784,9 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
     ``gen_matrix=False`` loads a Hadamard matrix from memory instead of building it in the kernel;
     ``walk``: "rows" (each program keeps a column tile and walks its row blocks; ``waves`` about
     programs per SM) or "linear" (SMs * ``waves`` programs walk the tiles in row-major order;
-    ``row_step`` then sets the program count)."""
+    ``row_step`` then sets the program count); ``row_fold`` = F: each tile is block_m/F input rows
+    times F adjacent tile-widths of columns (same matrix-unit work, longer row segments per load and
+    store; 1 = block_m rows of one tile width)."""
     if output not in _OUTPUTS:
         raise ValueError(f"output must be one of {list(_OUTPUTS)}, got {output!r}")
     if output in ("fake", "packed"):
@@ -764,7 +804,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
     M = x2.shape[0]
     launch = dict(block_m=block_m, num_warps=num_warps, waves=waves, stages=stages, mma_order=mma_order, maxnreg=maxnreg,
                   fma_codes=fma_codes, f2fp=f2fp, row_step=row_step, split=split,
-                  gen_matrix=gen_matrix, walk=walk)
+                  gen_matrix=gen_matrix, walk=walk, row_fold=row_fold)
     if output == "rotated":
         out = torch.empty_like(x2)
         _launch(x2, plan, spec, 0, out=out, **launch)

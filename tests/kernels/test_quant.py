@@ -164,19 +164,54 @@ def test_launch_configurations_give_the_same_bytes(dev, name):
     from fpq_core.transforms import get_transform
     spec = _spec(name)
     t = get_transform("hadamard", size=spec.group_size)
-    # 3 row blocks of 64 (the last partial); more column tiles of 64 than programs at waves=1
+    # 3 row blocks of 64 (the last partial); more column tiles of 64 (4 folded) than programs at waves=1
     # (the interpreter runs 4 "SMs", a GPU 100+)
-    x = _x(130, 64 * (9 if interp() else 600), torch.bfloat16, dev, seed=11)
+    x = _x(130, 64 * (24 if interp() else 600), torch.bfloat16, dev, seed=11)
     gs = torch.tensor([0.75], device=dev) if name == "nvfp4" else None
     ref = rotate_quantize(x, spec, t, "packed", global_scale=gs)
     fake = rotate_quantize(x, spec, t, "fake", global_scale=gs)
     for kw in (dict(waves=1), dict(waves=2), dict(block_m=128, num_warps=8), dict(block_m=32),
                dict(mma_order=False), dict(stages=2, waves=3), dict(maxnreg=72), dict(fma_codes=False),
                dict(f2fp=False), dict(row_step=2), dict(gen_matrix=False), dict(walk="linear"),
-               dict(walk="linear", waves=1), dict(walk="linear", row_step=7)):
+               dict(walk="linear", waves=1), dict(walk="linear", row_step=7), dict(row_fold=1), dict(row_fold=2),
+               dict(row_fold=2, walk="linear"), dict(row_fold=4, block_m=32), dict(row_fold=8, block_m=128, num_warps=8)):
         pk, sb, _ = rotate_quantize(x, spec, t, "packed", global_scale=gs, **kw)
         assert torch.equal(pk, ref[0]) and torch.equal(sb, ref[1]), kw
         assert torch.equal(_bits(rotate_quantize(x, spec, t, "fake", global_scale=gs, **kw)), _bits(fake)), kw
+
+
+@pytest.mark.parametrize("name", SPECS)
+@pytest.mark.parametrize("n", [16, 128])
+def test_row_fold_gives_the_same_bytes(dev, name, n):
+    """Tiles of block_m/F input rows x F tile widths (``row_fold``, default 4 where K allows) give
+    the bytes of block_m x one tile width in every output mode -- rotated, amax, fake, packed --
+    with a partial last row block (masks) and whole ones, on the rows and the linear walk; the
+    had128 split tile too. A fold K or block_m does not allow is an error naming both; the default
+    falls back to no fold there."""
+    from fpq_core.kernels.quant import rotate_quantize
+    from fpq_core.transforms import get_transform
+    spec = _spec(name)
+    t = get_transform("hadamard", size=n)
+    K = 1024 if n == 128 else 512
+    for m, seed in ((70, 31), (64, 32)):
+        x = _x(m, K, torch.bfloat16, dev, seed=seed)
+        gs = torch.tensor([0.6], device=dev) if name == "nvfp4" else None
+        ref = {o: rotate_quantize(x, spec, t, o, global_scale=gs, row_fold=1) for o in ("rotated", "amax", "fake", "packed")}
+        for kw in (dict(), dict(row_fold=2), dict(row_fold=4), dict(row_fold=4, walk="linear"), dict(row_fold=4, walk="rows")):
+            assert torch.equal(_bits(rotate_quantize(x, spec, t, "rotated", **kw)), _bits(ref["rotated"])), kw
+            assert torch.equal(rotate_quantize(x, spec, t, "amax", **kw), ref["amax"]), kw
+            assert torch.equal(_bits(rotate_quantize(x, spec, t, "fake", global_scale=gs, **kw)), _bits(ref["fake"])), kw
+            pk, sb, _ = rotate_quantize(x, spec, t, "packed", global_scale=gs, **kw)
+            assert torch.equal(pk, ref["packed"][0]) and torch.equal(sb, ref["packed"][1]), kw
+    h16 = get_transform("hadamard", size=16)
+    gs = torch.tensor([0.6], device=dev) if name == "nvfp4" else None
+    for k, bad in ((192, 2), (384, 4)):          # 3 / 6 tiles of 64: no fold of 2 / 4 (the default: 1 / 2)
+        x = _x(64, k, torch.bfloat16, dev, seed=33)
+        with pytest.raises(ValueError, match=f"row_fold={bad}"):
+            rotate_quantize(x, spec, h16, "packed", row_fold=bad)
+        pk, sb, _ = rotate_quantize(x, spec, h16, "packed", global_scale=gs)
+        pk1, sb1, _ = rotate_quantize(x, spec, h16, "packed", global_scale=gs, row_fold=1)
+        assert torch.equal(pk, pk1) and torch.equal(sb, sb1)
 
 
 @pytest.mark.parametrize("name", SPECS)
@@ -195,7 +230,7 @@ def test_whole_row_blocks_run_without_masks(dev, name):
     gs = qt.global_scale if name == "nvfp4" else None
     rp, rs = qt.pack()
     for kw in (dict(), dict(waves=1), dict(block_m=32), dict(block_m=128, num_warps=8), dict(walk="linear"),
-               dict(walk="linear", row_step=6)):
+               dict(walk="linear", row_step=6), dict(row_fold=1), dict(row_fold=2, walk="linear")):
         pk, sb, _ = rotate_quantize(x, spec, t, "packed", global_scale=gs, **kw)
         assert torch.equal(pk, rp) and torch.equal(sb, rs), kw
         assert torch.equal(_bits(rotate_quantize(x, spec, t, "fake", global_scale=gs, **kw)), _bits(qt.dequantize())), kw
