@@ -32,8 +32,8 @@ register caps none/128, 4 or 8 warps, programs per SM (waves) 3, 4 and 16. ``--g
 software pipelines (stages 3-6: loads issued up to five tiles ahead; a small shape's program walks
 only 3-8 tiles, so its first loads wait behind the whole prologue) on the linear walk with 2-6
 programs per SM, on the rows walk with 4/8/16, and 32-row tiles with stages 4-8 on the linear walk.
-``--grid fold``: tiles of 64/F input rows times F tile widths (``row_fold`` F = 1, 2, 4, each
-twice, interleaved, default launch otherwise), then F = 2, 4 on the linear walk (3, 4, 6 programs
+``--grid fold``: tiles of 64/F input rows times F tile widths (``row_fold`` F = 1, 2, 4, 8, each
+twice, interleaved, default launch otherwise; 128 rows with 8 warps and F = 8, 16), then F = 2, 4 on the linear walk (3, 4, 6 programs
 per SM, stages 2/3) and the rows walk (4, 16). (The seventh session's grids ``halves`` and ``wide`` -- 128-column tiles of the group-size
 rotations, as two 64-column halves with their codes stored apart or together, or as one
 (128, 128) dot with 4 or 8 warps -- ran on the kernel of commit 117ebbe, slower on every shape,
@@ -156,7 +156,8 @@ def _grid(name: str, fmt: str):
                  (None, None, None, None, None, None, None, (None,), {"walk": "rows"})]
                 + [(None, None, None, st, None, None, None, (3, 4, 5, 6, 8), {"walk": "linear"}) for st in (2, 3)])
     if name == "fold":          # tiles of 64/F input rows x F tile widths (row_fold), default launch, then walks
-        return ([(None, None, None, None, None, None, None, (None,), {"row_fold": f}) for f in (1, 2, 4, 1, 2, 4)]
+        return ([(None, None, None, None, None, None, None, (None,), {"row_fold": f}) for f in (1, 2, 4, 8, 1, 2, 4, 8)]
+                + [(128, None, 8, None, None, None, None, (None,), {"row_fold": f}) for f in (8, 16)]
                 + [(None, None, None, st, None, None, None, (3, 4, 6), {"walk": "linear", "row_fold": f})
                    for f, st in itertools.product((2, 4), (2, 3))]
                 + [(None, None, None, 3, None, None, None, (4, 16), {"walk": "rows", "row_fold": f}) for f in (2, 4)])
