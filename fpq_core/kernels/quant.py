@@ -634,10 +634,10 @@ def grid_stride(row_blocks: int, tiles_k: int, sms: int, waves: int, small_waves
 # "linear" (exactly SMs * ``waves`` programs over all tiles in row-major order). ``large``: the
 # launch used instead where the tiles number at least ``large_tiles_per_sm`` per SM.
 # ``row_fold``: a tile of 64 rows is 64/F input rows x F tile widths of columns (_tile_rows) where K
-# allows, so each load and store covers row segments of 512 columns instead of 64 (F = 8; 4 for the
-# 128-column tiles of the had128 split). ``sweep_quant_kernel.py --grid fold`` (seventh session):
+# allows, so each load and store covers F times longer row segments (F = 8: 512 columns of 64-column
+# tiles, 1024 of the had128 split's 128). ``sweep_quant_kernel.py --grid fold`` (seventh session):
 # F = 4 against 1, MXFP4 +3 to +6 points on every shape, NVFP4 +0.5 to +2.5, had128 +0 to +2.5;
-# F = 8 against 4, MXFP4 +0.5 to +2, NVFP4 +0 to +1. benchmarks/floor_quant_kernel.py: a kernel
+# F = 8 against 4, MXFP4 +0.5 to +2 (had128 +1 to +2), NVFP4 -1 to +1. benchmarks/floor_quant_kernel.py: a kernel
 # doing nothing but these loads and stores reaches 68-72% of copy at 2048x4096 with 64x64 tiles and
 # 84-86% with 16x256.
 DEFAULT_LAUNCH = {"block_m": 64, "num_warps": 4, "waves": 16, "stages": 3, "maxnreg": None, "small_waves": 4,
@@ -651,7 +651,7 @@ MX_PACKED_LAUNCH = dict(DEFAULT_LAUNCH, walk="linear", waves=4)
 # Large shapes: three stages (64 KB, 3 programs per SM) and 3 programs per SM walking all tiles
 # (``--grid split`` and ``--grid walk --rot 128``: +4 to +11 points against rows / 2 stages there;
 # the two small shapes were best with the latter).
-SPLIT_LAUNCH = dict(DEFAULT_LAUNCH, stages=2, large_tiles_per_sm=32, row_fold=4,
+SPLIT_LAUNCH = dict(DEFAULT_LAUNCH, stages=2, large_tiles_per_sm=32,
                     large={"walk": "linear", "waves": 3, "stages": 3})
 NV_SPLIT_LAUNCH = dict(SPLIT_LAUNCH, maxnreg=128)
 
