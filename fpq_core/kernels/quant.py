@@ -637,9 +637,9 @@ def grid_stride(row_blocks: int, tiles_k: int, sms: int, waves: int, small_waves
 # allows, so each load and store covers F times longer row segments (F = 8: 512 columns of 64-column
 # tiles, 1024 of the had128 split's 128). ``sweep_quant_kernel.py --grid fold`` (seventh session):
 # F = 4 against 1, MXFP4 +3 to +6 points on every shape, NVFP4 +0.5 to +2.5, had128 +0 to +2.5;
-# F = 8 against 4, MXFP4 +0.5 to +2 (had128 +1 to +2), NVFP4 -1 to +1. benchmarks/floor_quant_kernel.py: a kernel
-# doing nothing but these loads and stores reaches 68-72% of copy at 2048x4096 with 64x64 tiles and
-# 84-86% with 16x256.
+# F = 8 against 4, MXFP4 +0.5 to +2 (had128 +1 to +2), NVFP4 -1 to +1. benchmarks/floor_quant_kernel.py:
+# a kernel doing nothing but these loads and stores reaches at most 72-73% of copy at 2048x4096 with
+# 64x64 tiles and 85-86% with 16x256 (docs/performance.md, section 1).
 DEFAULT_LAUNCH = {"block_m": 64, "num_warps": 4, "waves": 16, "stages": 3, "maxnreg": None, "small_waves": 4,
                   "walk": "rows", "row_fold": 8}
 NV_LAUNCH = dict(DEFAULT_LAUNCH, maxnreg=96)     # NVFP4: a 96-register cap gave 1-3% (64-column bf16 tiles)
