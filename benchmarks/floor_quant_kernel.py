@@ -88,6 +88,14 @@ except ImportError:  # CPU-only installs
     triton = None
 
 
+def parse_tile(spec: str) -> tuple[int, int, int, int]:
+    """"BMxT[/C|/s|/j]" -> (BM, T, loads per tile, HOW of _floor_tile)."""
+    shape, _, ch = spec.partition("/")
+    bm, t = (int(v) for v in shape.split("x"))
+    how = {"s": 1, "j": 2}.get(ch, 0)
+    return bm, t, 2 if how else int(ch or 1), how
+
+
 def floor_call(x, w, s, bm: int, t: int, walk: str, waves: int, stages: int, num_warps: int = 4, ch: int = 1, how: int = 0):
     M, K = x.shape
     if M % bm or K % t:
@@ -128,10 +136,7 @@ def main(argv=None):
         w = torch.empty(M, K // 8, dtype=torch.int32, device="cuda")
         s = torch.empty(M, K // 32, dtype=torch.uint8, device="cuda")
         for tile in a.tiles.split(","):
-            shape, _, ch = tile.partition("/")
-            bm, t = (int(v) for v in shape.split("x"))
-            how = {"s": 1, "j": 2}.get(ch, 0)
-            ch = 2 if how else int(ch or 1)
+            bm, t, ch, how = parse_tile(tile)
             for walk, waves, stages in configs:
                 ms = bench_graph(lambda x: floor_call(x, w, s, bm, t, walk, waves, stages, ch=ch, how=how), xs)
                 gbps = nbytes / (ms * 1e-3) / 1e9

@@ -19,11 +19,8 @@ def _reference(x):
 
 @pytest.mark.parametrize("tile", ["64x64", "64x128/2", "64x128/s", "64x128/j", "32x256/4", "16x256"])
 def test_floor_kernel_bytes(dev, tile):
-    from benchmarks.floor_quant_kernel import floor_call
-    shape, _, ch = tile.partition("/")
-    bm, t = (int(v) for v in shape.split("x"))
-    how = {"s": 1, "j": 2}.get(ch, 0)
-    ch = 2 if how else int(ch or 1)
+    from benchmarks.floor_quant_kernel import floor_call, parse_tile
+    bm, t, ch, how = parse_tile(tile)
     torch.manual_seed(0)
     x = torch.randn(128, 512, dtype=torch.bfloat16, device=dev)
     rw, rs = _reference(x)
