@@ -59,8 +59,8 @@ def _hot_module():
             raise SystemExit("the global-scale range check was not found in quant.py; update _RANGE_CHECK")
         a = src.index(_RANGE_CHECK)
         b = src.index("            else:\n                s, sbyte = nv_scale(amax, g, True)", a)
-        end_marker = "                    z = 0.0\n"
-        e = src.index(end_marker, src.index("z = small_f(q, HW_ROUND)", b)) + len(end_marker)
+        end_marker = "                z = small_f(q, HW_ROUND)    # q = +-inf at worst here, never NaN\n"
+        e = src.index(end_marker, b) + len(end_marker)
         return src[:a] + "            if True:\n" + src[a + len(_RANGE_CHECK):b] + src[e:]
 
     return quant_module_copy(edit, "fpq_quant_hot")

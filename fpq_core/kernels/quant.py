@@ -357,26 +357,22 @@ def _rotq_epi(y, pid_m, pid_k, CH: tl.constexpr, out_ptr, pk_ptr, sb_ptr, g, rg,
         #    NaN, which the saturating min() of the E2M1 index maps to 6 -- what q is. The sign
         #    (and the packer's zero rule) is taken from y and s, never from q. The group scale
         #    itself: nv_scale_fast.
+        # z: the packer's bit 3 (negative or rounds to zero) as 1.0/0.0, for the packed codes of
+        # MODE 3 only (pure arithmetic: where unused, the compiler drops it -- same SASS).
         if NV_FMA:                          # (NV_FMA implies IS_NV)
             if (g >= 9.094947017729282e-13) & (g <= 1099511627776.0):
                 s, sbyte = nv_scale_fast(amax, g, rg, zbyte)
                 sb3 = tl.broadcast_to(s[:, :, None], (BM, NG, G))
                 r = tl.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
                 q = div_markstein(y3, sb3, tl.broadcast_to(r[:, :, None], (BM, NG, G)))
-                if MODE == 3:
-                    # the packer's "negative or rounds to zero" from y and s, not from q (an
-                    # overflowing Markstein step leaves q NaN): see nv_small_f
-                    z = nv_small_f(y3, tl.broadcast_to(nv_small_threshold(s, kz)[:, :, None], (BM, NG, G)), kz)
-                else:
-                    z = 0.0
+                # the packer's "negative or rounds to zero" from y and s, not from q (an
+                # overflowing Markstein step leaves q NaN): see nv_small_f
+                z = nv_small_f(y3, tl.broadcast_to(nv_small_threshold(s, kz)[:, :, None], (BM, NG, G)), kz)
             else:
                 s, sbyte = nv_scale(amax, g, True)
                 sb3 = tl.broadcast_to(s[:, :, None], (BM, NG, G))
                 q = tl.div_rn(y3, sb3)
-                if MODE == 3:
-                    z = small_f(q, HW_ROUND)    # q = +-inf at worst here, never NaN
-                else:
-                    z = 0.0
+                z = small_f(q, HW_ROUND)    # q = +-inf at worst here, never NaN
         else:
             if IS_NV:
                 s, sbyte = nv_scale(amax, g, HW_ROUND)      # HW_ROUND: compiled, i.e. a real fma
@@ -390,10 +386,7 @@ def _rotq_epi(y, pid_m, pid_k, CH: tl.constexpr, out_ptr, pk_ptr, sb_ptr, g, rg,
                 q = y3 * tl.broadcast_to(c[:, :, None], (BM, NG, G))
             else:
                 q = tl.div_rn(y3, sb3)
-            if MODE == 3:
-                z = small_f(q, HW_ROUND)    # q finite (MX) or +-inf (NV, exact division), never NaN
-            else:
-                z = 0.0
+            z = small_f(q, HW_ROUND)    # q finite (MX) or +-inf (NV, exact division), never NaN
         if MODE == 2:
             qb = y3.to(tl.int32, bitcast=True)                # sign of q = sign of y (s > 0)
             rr = e2m1_round(tl.abs(q))
