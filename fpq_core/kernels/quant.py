@@ -11,8 +11,10 @@
 One persistent kernel (``_rotq_kernel``): each program rotates (BM, T) tiles on the tensor cores
 with a block-diagonal matrix -- a Sylvester Hadamard is built in the kernel, other matrices are
 loaded -- and quantizes them in registers; a 128-column Hadamard tile is rotated as two 64-column
-halves (same sums, half the registers); programs walk the tiles by rows of one column tile or
-linearly over all tiles (``launch_defaults``, from the H100 sweeps in docs/performance.md).
+halves (same sums, half the registers); a tile's 64 rows are 64/F input rows x F adjacent tile
+widths (``row_fold``, F = 8 where K allows: longer row segments per load and store); programs walk
+the tiles by rows of one column tile or linearly over all tiles (``launch_defaults``, from the
+H100 sweeps in docs/performance.md).
 
 The packed codes are computed on the FMA pipe (``_common.e2m1_index_f``: the E2M1 index as the
 minimum of three float roundings; bit 3 by one saturated FMA; eight codes to an int32 word by
@@ -469,7 +471,8 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
     ``LINEAR``: the programs instead walk the tiles in row-major order, tile pid + i * row_step
     (row_step = the number of programs), each tile's row block and column tile advanced from the
     previous one's (one wrap, no division) -- any program count, so the grid can be exactly what
-    fits on the SMs at once."""
+    fits on the SMs at once. ``FOLD``: each tile is BM/FOLD input rows x FOLD tile widths
+    (_tile_rows); tiles_k and the row blocks count such tiles."""
     pid = tl.program_id(0)
     kk = tl.arange(0, TO)
     if HAS_ROT:
