@@ -227,7 +227,7 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, z
                MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
                HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
                ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr,
-               F2FP: tl.constexpr, FOLD: tl.constexpr):
+               F2FP: tl.constexpr, FOLD: tl.constexpr, FOLDC: tl.constexpr):
     """One (BM, T) tile: load, rotate, then store / track amax / quantize (see _rotq_kernel).
 
     ``FOLD`` > 1: the tile's BM rows are BM/FOLD rows of the input times FOLD adjacent T-column
@@ -240,7 +240,7 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, z
     ``mat`` = H and ``mat2`` = -H (TO x TO, columns in the matrix-unit order), i.e. the same fp32
     sums in the same order as the (BM, T) x (T, T) dot, but half the accumulator registers and half
     the matrix in shared memory; each half then goes through the epilogue on its own."""
-    rows, xrow = _tile_rows(tl.arange(0, BM), pid_m, pid_k, stride_xm, T, BM, FOLD)
+    rows, xrow = _tile_rows(tl.arange(0, BM), pid_m, pid_k, stride_xm, T, BM, FOLD, FOLDC)
     if TO == T:
         kk = tl.arange(0, T)
         if EVEN:        # every row block of every program's walk is whole and inside: no masks
@@ -257,7 +257,7 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, z
             y = x.to(tl.float32)
         run_max = _rotq_epi(y, pid_m, pid_k, 0, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                             T, T, G, BM, HAS_ROT, DOT_LOWP, MODE, IS_NV, IS_BF16, HW_ROUND, MX_MUL, NV_FMA, PERM,
-                            ROWP, NW, FCODE, EVEN, FOLD)
+                            ROWP, NW, FCODE, EVEN, FOLD, FOLDC)
     else:
         kh = tl.arange(0, TO)
         pa = x_ptr + xrow[:, None] + kh[None, :]
@@ -275,12 +275,12 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, z
             y = _round_rotated(_dot_chain(xa, xb, mat, mb, DOT_LOWP), rot_scale, x_ptr, POST_SCALE, IS_BF16, HW_ROUND, F2FP)
             run_max = _rotq_epi(y, pid_m, pid_k, ch, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                 T, TO, G, BM, HAS_ROT, DOT_LOWP, MODE, IS_NV, IS_BF16, HW_ROUND, MX_MUL, NV_FMA, PERM,
-                                ROWP, NW, FCODE, EVEN, FOLD)
+                                ROWP, NW, FCODE, EVEN, FOLD, FOLDC)
     return run_max
 
 
 @triton.jit
-def _tile_rows(i, pid_m, pid_k, stride, W: tl.constexpr, BM: tl.constexpr, FOLD: tl.constexpr):
+def _tile_rows(i, pid_m, pid_k, stride, W: tl.constexpr, BM: tl.constexpr, FOLD: tl.constexpr, FOLDC: tl.constexpr):
     """(input row, offset of the row's first element) of tile rows i of tile (pid_m, pid_k), for an
     input with row stride ``stride`` and tiles W columns wide; with ``FOLD`` > 1 the tile is BM/FOLD
     input rows x FOLD chunks of W columns (row i: input row i % (BM/FOLD), chunk i // (BM/FOLD)).
@@ -290,8 +290,12 @@ def _tile_rows(i, pid_m, pid_k, stride, W: tl.constexpr, BM: tl.constexpr, FOLD:
         return rows, rows * stride + pid_k * W
     else:
         R: tl.constexpr = BM // FOLD
-        rows = pid_m * R + i % R
-        return rows, rows * stride + (pid_k * FOLD + i // R) * W
+        if FOLDC:   # chunk-major: row i is input row i // FOLD, chunk i % FOLD
+            rows = pid_m * R + i // FOLD
+            return rows, rows * stride + (pid_k * FOLD + i % FOLD) * W
+        else:
+            rows = pid_m * R + i % R
+            return rows, rows * stride + (pid_k * FOLD + i // R) * W
 
 
 @triton.jit
@@ -312,7 +316,7 @@ def _rotq_epi(y, pid_m, pid_k, CH: tl.constexpr, out_ptr, pk_ptr, sb_ptr, g, rg,
               MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
               HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
               ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr,
-              FOLD: tl.constexpr):
+              FOLD: tl.constexpr, FOLDC: tl.constexpr):
     """Chunk CH (T columns) of the (BM, TT) tile (pid_m, pid_k), rotated and rounded in y:
     store it (MODE 0), track its amax (1), or quantize it (2 fake, 3 packed). Rows as _tile_rows."""
     kk = tl.arange(0, T)
@@ -331,7 +335,7 @@ def _rotq_epi(y, pid_m, pid_k, CH: tl.constexpr, out_ptr, pk_ptr, sb_ptr, g, rg,
     else:
         lrow = tl.arange(0, BM)
     # the rows' offsets in the output (K), the packed codes (K/8 words or K/2 bytes) and the scale bytes (K/G)
-    srows, orow = _tile_rows(lrow, pid_m, pid_k, K, TT, BM, FOLD)
+    srows, orow = _tile_rows(lrow, pid_m, pid_k, K, TT, BM, FOLD, FOLDC)
     if EVEN:
         rmask = None
     else:
@@ -407,15 +411,15 @@ def _rotq_epi(y, pid_m, pid_k, CH: tl.constexpr, out_ptr, pk_ptr, sb_ptr, g, rg,
                 # MX: |q| < 6 (1 + 2^-20), no saturation needed.
                 codef = tl.fma(z, 8.0, e2m1_index_f(tl.abs(q), IS_NV))
                 words = pack_codes_f(tl.reshape(codef, (BM, T)), BM, T)
-                _, wrow = _tile_rows(lrow, pid_m, pid_k, K // 8, TT // 8, BM, FOLD)
+                _, wrow = _tile_rows(lrow, pid_m, pid_k, K // 8, TT // 8, BM, FOLD, FOLDC)
                 tl.store(pk_ptr + wrow[:, None] + (CH * (T // 8) + tl.arange(0, T // 8))[None, :], words, mask=rmask)
             else:
                 code = e2m1_code(q, y3, IS_NV)     # MX: |q| < 6 (1 + 2^-20), no saturation needed
                 lo, hi = tl.split(tl.reshape(code, (BM, T // 2, 2)))
-                _, brow = _tile_rows(lrow, pid_m, pid_k, K // 2, TT // 2, BM, FOLD)
+                _, brow = _tile_rows(lrow, pid_m, pid_k, K // 2, TT // 2, BM, FOLD, FOLDC)
                 tl.store(pk_ptr + brow[:, None] + (CH * (T // 2) + tl.arange(0, T // 2))[None, :],
                          (lo | (hi << 4)).to(tl.uint8), mask=rmask)
-            _, grow = _tile_rows(lrow, pid_m, pid_k, K // G, TT // G, BM, FOLD)
+            _, grow = _tile_rows(lrow, pid_m, pid_k, K // G, TT // G, BM, FOLD, FOLDC)
             sptr = sb_ptr + grow[:, None] + (CH * NG + tl.arange(0, NG))[None, :]
             if HW_ROUND and not IS_NV:
                 # MX: a group spans two lanes, a layout Triton's coalesced store would shuffle
@@ -460,7 +464,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
                  HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
                  ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr,
                  ITERS_C: tl.constexpr, F2FP: tl.constexpr, HGEN: tl.constexpr, HVAL: tl.constexpr,
-                 LINEAR: tl.constexpr, FOLD: tl.constexpr):
+                 LINEAR: tl.constexpr, FOLD: tl.constexpr, FOLDC: tl.constexpr):
     """Persistent: each program loads (or builds) the rotation matrix once, keeps one column tile
     (pid % tiles_k) and walks the row blocks pid // tiles_k + i * row_step (the grid is
     tiles_k * row_step programs, so no division per tile; where row_step does not divide the row
@@ -518,7 +522,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
                 t = pid + it * row_step
                 run_max = _rotq_tile(t // tiles_k, t % tiles_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                      stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                     HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD)
+                                     HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD, FOLDC)
         else:
             # (row block, column tile) of tile pid + it * row_step, advanced by (dm, dk) per tile
             # with one wrap instead of a division per tile
@@ -530,7 +534,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
             for it in tl.range(0, n_it, num_stages=STAGES):
                 run_max = _rotq_tile(pm, pk, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                      stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                     HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD)
+                                     HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD, FOLDC)
                 pk = pk + dk
                 wrap = pk >= tiles_k
                 pk = tl.where(wrap, pk - tiles_k, pk)
@@ -539,7 +543,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
         for it in range(0, ITERS_C):
             run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                  stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD)
+                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD, FOLDC)
     else:
         if EVEN:
             n_it = iters
@@ -548,7 +552,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
         for it in tl.range(0, n_it, num_stages=STAGES):
             run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                  stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD)
+                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD, FOLDC)
     if MODE == 1:
         tl.store(amax_ptr + pid, tl.max(tl.max(run_max, axis=1), axis=0))
     if (MODE == 3) and (not IS_NV):
@@ -669,7 +673,8 @@ def launch_defaults(is_nv: bool, mode: int, split: bool, tiles: int, sms: int) -
 def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax=None, gs=None, block_m=None, num_warps: int | None = None, waves: int | None = None, stages: int | None = None,
             mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
             f2fp: bool | None = None, row_step: int | None = None, split: bool | None = None,
-            gen_matrix: bool | None = None, walk: str | None = None, row_fold: int | None = None):
+            gen_matrix: bool | None = None, walk: str | None = None, row_fold: int | None = None,
+            fold_order: str | None = None):
     """Launch the persistent kernel. MODE 1 returns its partial maxima (one per program, in a
     buffer allocated here); MODE 3 with an MX format returns the global scale the kernel copied
     from ``gs`` into a tensor allocated here (so the caller's constant is never handed out); the
@@ -695,6 +700,8 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
         if rf < 1 or bm % rf or K % (rf * T):
             raise ValueError(f"row_fold={rf}: needs block_m ({bm}) divisible by it and K ({K}) divisible by "
                              f"row_fold * tile width ({rf} * {T})")
+    if fold_order not in (None, "rows", "chunks"):
+        raise ValueError(f"fold_order must be 'rows' or 'chunks', got {fold_order!r}")
     tiles_k = K // (rf * T)
     bm_rows = bm // rf                                      # input rows per tile
     row_blocks = triton.cdiv(M, bm_rows)
@@ -754,7 +761,7 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
         MX_MUL=small and not is_nv, NV_FMA=small and is_nv and not interp,
         STAGES=None if interp else (stages or dflt["stages"]), ITERS_C=iters if interp else 0, num_warps=nw,
         F2FP=True if f2fp is None else bool(f2fp), HGEN=plan.n if hgen else 0,
-        HVAL=float(plan.scale) if hgen and fold_scale else 1.0, LINEAR=linear, FOLD=rf,
+        HVAL=float(plan.scale) if hgen and fold_scale else 1.0, LINEAR=linear, FOLD=rf, FOLDC=fold_order == "chunks",
         enable_fp_fusion=False, **extra)
     return amax if mode == 1 else gso
 
@@ -764,7 +771,8 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
                     num_warps: int | None = None, waves: int | None = None, stages: int | None = None,
                     mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
                     f2fp: bool | None = None, row_step: int | None = None, split: bool | None = None,
-                    gen_matrix: bool | None = None, walk: str | None = None, row_fold: int | None = None):
+                    gen_matrix: bool | None = None, walk: str | None = None, row_fold: int | None = None,
+            fold_order: str | None = None):
     """Fused rotation + FP4 quantization; see the module docstring. ``global_scale`` (NVFP4):
     the fp32 encode scale to use; None computes it from the rotated input (an extra amax pass).
     A float or CPU tensor is checked here (finite, > 0); a CUDA tensor is used as is, without a
@@ -802,7 +810,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
     M = x2.shape[0]
     launch = dict(block_m=block_m, num_warps=num_warps, waves=waves, stages=stages, mma_order=mma_order, maxnreg=maxnreg,
                   fma_codes=fma_codes, f2fp=f2fp, row_step=row_step, split=split,
-                  gen_matrix=gen_matrix, walk=walk, row_fold=row_fold)
+                  gen_matrix=gen_matrix, walk=walk, row_fold=row_fold, fold_order=fold_order)
     if output == "rotated":
         out = torch.empty_like(x2)
         _launch(x2, plan, spec, 0, out=out, **launch)

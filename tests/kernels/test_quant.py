@@ -183,8 +183,9 @@ def test_launch_configurations_give_the_same_bytes(dev, name):
 @pytest.mark.parametrize("name", SPECS)
 @pytest.mark.parametrize("n", [16, 128])
 def test_row_fold_gives_the_same_bytes(dev, name, n):
-    """Tiles of block_m/F input rows x F tile widths (``row_fold``, default 8 where K allows) give
-    the bytes of block_m x one tile width in every output mode -- rotated, amax, fake, packed --
+    """Tiles of block_m/F input rows x F tile widths (``row_fold``, default 8 where K allows; rows
+    or chunks fastest, ``fold_order``) give the bytes of block_m x one tile width in every output
+    mode -- rotated, amax, fake, packed --
     with a partial last row block (masks) and whole ones, on the rows and the linear walk; the
     had128 split tile too. A fold K or block_m does not allow is an error naming both; the default
     falls back to no fold there."""
@@ -197,7 +198,9 @@ def test_row_fold_gives_the_same_bytes(dev, name, n):
         x = _x(m, K, torch.bfloat16, dev, seed=seed)
         gs = torch.tensor([0.6], device=dev) if name == "nvfp4" else None
         ref = {o: rotate_quantize(x, spec, t, o, global_scale=gs, row_fold=1) for o in ("rotated", "amax", "fake", "packed")}
-        for kw in (dict(), dict(row_fold=2), dict(row_fold=4), dict(row_fold=4, walk="linear"), dict(row_fold=4, walk="rows")):
+        for kw in (dict(), dict(row_fold=2), dict(row_fold=4), dict(row_fold=4, walk="linear"), dict(row_fold=4, walk="rows"),
+                   dict(fold_order="chunks"), dict(row_fold=4, fold_order="chunks", walk="linear"),
+                   dict(row_fold=4, fold_order="chunks", walk="rows"), dict(row_fold=8, fold_order="chunks")):
             assert torch.equal(_bits(rotate_quantize(x, spec, t, "rotated", **kw)), _bits(ref["rotated"])), kw
             assert torch.equal(rotate_quantize(x, spec, t, "amax", **kw), ref["amax"]), kw
             assert torch.equal(_bits(rotate_quantize(x, spec, t, "fake", global_scale=gs, **kw)), _bits(ref["fake"])), kw
@@ -209,6 +212,8 @@ def test_row_fold_gives_the_same_bytes(dev, name, n):
         x = _x(64, k, torch.bfloat16, dev, seed=33)
         with pytest.raises(ValueError, match=f"row_fold={bad}"):
             rotate_quantize(x, spec, h16, "packed", row_fold=bad)
+        with pytest.raises(ValueError, match="fold_order"):
+            rotate_quantize(x, spec, h16, "packed", fold_order="cols")
         pk, sb, _ = rotate_quantize(x, spec, h16, "packed", global_scale=gs)
         pk1, sb1, _ = rotate_quantize(x, spec, h16, "packed", global_scale=gs, row_fold=1)
         assert torch.equal(pk, pk1) and torch.equal(sb, sb1)
