@@ -299,40 +299,6 @@ def _tile_rows(i, pid_m, pid_k, stride, W: tl.constexpr, BM: tl.constexpr, FOLD:
 
 
 @triton.jit
-def _prefetch_tiles(x_ptr, pid, pm0, pk0, pm1, pk1, M, stride, W: tl.constexpr, BM: tl.constexpr,
-                    FOLD: tl.constexpr, NW: tl.constexpr):
-    """prefetch.global.L2 of every 128-byte line of input tiles (pm0, pk0) and (pm1, pk1) (rows
-    as _tile_rows; rows past M are clamped to the last row, so nothing outside the input is
-    touched), each thread its own lines (scalar code: the thread index from %tid.x), then a
-    CTA-scope fence: ptxas keeps the set-up's shared-memory stores (the matrix) and the pipeline's
-    loads behind it, so the prefetches go out first (without it they sank below the set-up). At a
-    program's start no store is pending: the fence waits for nothing. Changes no value."""
-    ELT: tl.constexpr = x_ptr.dtype.element_ty.primitive_bitwidth // 8
-    R: tl.constexpr = BM // FOLD                     # input rows per tile
-    SEGB: tl.constexpr = FOLD * W * ELT              # bytes per input row segment
-    LINE: tl.constexpr = 128 if SEGB >= 128 else SEGB
-    SEG: tl.constexpr = SEGB // LINE                 # lines per row segment
-    L: tl.constexpr = R * SEG                        # lines per tile
-    NT: tl.constexpr = 32 * NW
-    NPF: tl.constexpr = (2 * L + NT - 1) // NT       # lines per thread
-    tid = tl.inline_asm_elementwise("mov.u32 $0, %tid.x;", "=r,r", [pid], dtype=tl.int32, is_pure=True, pack=1)
-    for k in tl.static_range(NPF):
-        ln = tl.minimum(tid + k * NT, 2 * L - 1)
-        second = ln >= L
-        lt = ln % L
-        pm = tl.where(second, pm1, pm0)
-        pk = tl.where(second, pk1, pk0)
-        rows = tl.minimum(pm * R + lt // SEG, M - 1)
-        off = rows * stride + pk * (FOLD * W) + (lt % SEG) * (LINE // ELT)
-        if k == NPF - 1:
-            tl.inline_asm_elementwise("{ prefetch.global.L2 [$1]; fence.acq_rel.cta; mov.b32 $0, 0; }", "=r,l",
-                                      [x_ptr + off], dtype=tl.int32, is_pure=False, pack=1)
-        else:
-            tl.inline_asm_elementwise("{ prefetch.global.L2 [$1]; mov.b32 $0, 0; }", "=r,l", [x_ptr + off],
-                                      dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
 def _dot_chain(xa, xb, ma, mb, DOT_LOWP: tl.constexpr):
     """fp32 xa @ ma + xb @ mb as one chain of matrix-unit steps, xa's first (bf16/fp16 operands on
     the tensor cores; else float32 with IEEE products)."""
@@ -498,7 +464,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
                  HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
                  ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr,
                  ITERS_C: tl.constexpr, F2FP: tl.constexpr, HGEN: tl.constexpr, HVAL: tl.constexpr,
-                 LINEAR: tl.constexpr, FOLD: tl.constexpr, FOLDC: tl.constexpr, PREF: tl.constexpr):
+                 LINEAR: tl.constexpr, FOLD: tl.constexpr, FOLDC: tl.constexpr):
     """Persistent: each program loads (or builds) the rotation matrix once, keeps one column tile
     (pid % tiles_k) and walks the row blocks pid // tiles_k + i * row_step (the grid is
     tiles_k * row_step programs, so no division per tile; where row_step does not divide the row
@@ -513,16 +479,6 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
     (_tile_rows); tiles_k and the row blocks count such tiles."""
     pid = tl.program_id(0)
     kk = tl.arange(0, TO)
-    if PREF:
-        # ask L2 for the program's first two tiles before anything else (the matrix build and the
-        # set-up below are a few hundred instructions per warp, issued before the pipeline's own
-        # first loads): their DRAM latency then overlaps that work
-        if LINEAR:
-            _prefetch_tiles(x_ptr, pid, pid // tiles_k, pid % tiles_k, (pid + row_step) // tiles_k,
-                            (pid + row_step) % tiles_k, M, stride_xm, T, BM, FOLD, NW)
-        else:
-            _prefetch_tiles(x_ptr, pid, pid // tiles_k, pid % tiles_k, pid // tiles_k + row_step, pid % tiles_k,
-                            M, stride_xm, T, BM, FOLD, NW)
     if HAS_ROT:
         if HGEN > 0:
             mat = _sylvester_tile(TO, HGEN, PERM, HVAL)
@@ -718,7 +674,7 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
             mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
             f2fp: bool | None = None, row_step: int | None = None, split: bool | None = None,
             gen_matrix: bool | None = None, walk: str | None = None, row_fold: int | None = None,
-            fold_order: str | None = None, prefetch: bool | None = None):
+            fold_order: str | None = None):
     """Launch the persistent kernel. MODE 1 returns its partial maxima (one per program, in a
     buffer allocated here); MODE 3 with an MX format returns the global scale the kernel copied
     from ``gs`` into a tensor allocated here (so the caller's constant is never handed out); the
@@ -806,7 +762,6 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
         STAGES=None if interp else (stages or dflt["stages"]), ITERS_C=iters if interp else 0, num_warps=nw,
         F2FP=True if f2fp is None else bool(f2fp), HGEN=plan.n if hgen else 0,
         HVAL=float(plan.scale) if hgen and fold_scale else 1.0, LINEAR=linear, FOLD=rf, FOLDC=fold_order == "chunks",
-        PREF=(bool(dflt.get("prefetch", False)) if prefetch is None else bool(prefetch)) and not interp,
         enable_fp_fusion=False, **extra)
     return amax if mode == 1 else gso
 
@@ -817,7 +772,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
                     mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
                     f2fp: bool | None = None, row_step: int | None = None, split: bool | None = None,
                     gen_matrix: bool | None = None, walk: str | None = None, row_fold: int | None = None,
-            fold_order: str | None = None, prefetch: bool | None = None):
+            fold_order: str | None = None):
     """Fused rotation + FP4 quantization; see the module docstring. ``global_scale`` (NVFP4):
     the fp32 encode scale to use; None computes it from the rotated input (an extra amax pass).
     A float or CPU tensor is checked here (finite, > 0); a CUDA tensor is used as is, without a
@@ -855,8 +810,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
     M = x2.shape[0]
     launch = dict(block_m=block_m, num_warps=num_warps, waves=waves, stages=stages, mma_order=mma_order, maxnreg=maxnreg,
                   fma_codes=fma_codes, f2fp=f2fp, row_step=row_step, split=split,
-                  gen_matrix=gen_matrix, walk=walk, row_fold=row_fold, fold_order=fold_order,
-                  prefetch=prefetch)
+                  gen_matrix=gen_matrix, walk=walk, row_fold=row_fold, fold_order=fold_order)
     if output == "rotated":
         out = torch.empty_like(x2)
         _launch(x2, plan, spec, 0, out=out, **launch)
