@@ -38,7 +38,9 @@ row of 64 tile widths) and the tile's rows taken rows-fastest (the default) or c
 warp's load and store instructions cover contiguous bytes), each twice, interleaved.
 ``--grid fold``: tiles of 64/F input rows times F tile widths (``row_fold`` F = 1, 2, 4, 8, each
 twice, interleaved, default launch otherwise; 128 rows with 8 warps and F = 8, 16), then F = 2, 4 on the linear walk (3, 4, 6 programs
-per SM, stages 2/3) and the rows walk (4, 16). (The seventh session's grids ``halves`` and ``wide`` -- 128-column tiles of the group-size
+per SM, stages 2/3) and the rows walk (4, 16). (The eighth session's grid ``prefetch`` -- the L2 prefetch of each program's first two tiles
+before its set-up, fold 8 and 32 -- ran on the kernel of commit 7a35218, slower on every shape,
+not kept: results/sweep_quant_kernel_prefetch.json, _prefetch128.json.) (The seventh session's grids ``halves`` and ``wide`` -- 128-column tiles of the group-size
 rotations, as two 64-column halves with their codes stored apart or together, or as one
 (128, 128) dot with 4 or 8 warps -- ran on the kernel of commit 117ebbe, slower on every shape,
 not kept: results/sweep_quant_kernel_halves.json, _wide.json, docs/performance.md.)
