@@ -12,7 +12,7 @@ One persistent kernel (``_rotq_kernel``): each program rotates (BM, T) tiles on 
 with a block-diagonal matrix -- a Sylvester Hadamard is built in the kernel, other matrices are
 loaded -- and quantizes them in registers; a 128-column Hadamard tile is rotated as two 64-column
 halves (same sums, half the registers); a tile's 64 rows are 64/F input rows x F adjacent tile
-widths (``row_fold``, F = 8 where K allows: longer row segments per load and store); programs walk
+widths (``row_fold``, F = 32 where K allows: longer row segments per load and store); programs walk
 the tiles by rows of one column tile or linearly over all tiles (``launch_defaults``, from the
 H100 sweeps in docs/performance.md).
 
@@ -634,14 +634,18 @@ def grid_stride(row_blocks: int, tiles_k: int, sms: int, waves: int, small_waves
 # "linear" (exactly SMs * ``waves`` programs over all tiles in row-major order). ``large``: the
 # launch used instead where the tiles number at least ``large_tiles_per_sm`` per SM.
 # ``row_fold``: a tile of 64 rows is 64/F input rows x F tile widths of columns (_tile_rows) where K
-# allows, so each load and store covers F times longer row segments (F = 8: 512 columns of 64-column
-# tiles, 1024 of the had128 split's 128). ``sweep_quant_kernel.py --grid fold`` (seventh session):
-# F = 4 against 1, MXFP4 +3 to +6 points on every shape, NVFP4 +0.5 to +2.5, had128 +0 to +2.5;
-# F = 8 against 4, MXFP4 +0.5 to +2 (had128 +1 to +2), NVFP4 -1 to +1. benchmarks/floor_quant_kernel.py:
+# allows (else 16, 8, ...), so each load and store covers F times longer row segments (F = 32: two
+# input rows of 2048 columns of 64-column tiles, 4096 of the had128 split's 128).
+# ``sweep_quant_kernel.py --grid fold`` (seventh session): F = 4 against 1, MXFP4 +3 to +6 points on
+# every shape, NVFP4 +0.5 to +2.5, had128 +0 to +2.5; F = 8 against 4, MXFP4 +0.5 to +2 (had128 +1
+# to +2), NVFP4 -1 to +1. ``--grid widefold`` and ``--grid prefetch`` (eighth session, H100, each
+# twice): F = 32 against 8, +1 to +2 points on most shapes, NVFP4 8192x14336 88.4 -> 92.0%; F = 16
+# and 64 within a point of 32. ``fold_order="chunks"`` (consecutive tile rows = adjacent chunks of
+# one input row): +1 at F = 8, nothing at F >= 16 (not the default). benchmarks/floor_quant_kernel.py:
 # a kernel doing nothing but these loads and stores reaches at most 72-73% of copy at 2048x4096 with
 # 64x64 tiles and 85-86% with 16x256 (docs/performance.md, section 1).
 DEFAULT_LAUNCH = {"block_m": 64, "num_warps": 4, "waves": 16, "stages": 3, "maxnreg": None, "small_waves": 4,
-                  "walk": "rows", "row_fold": 8}
+                  "walk": "rows", "row_fold": 32}
 NV_LAUNCH = dict(DEFAULT_LAUNCH, maxnreg=96)     # NVFP4: a 96-register cap gave 1-3% (64-column bf16 tiles)
 # MXFP4 packed codes: 4 programs per SM walking all tiles (``--grid walk``: +0.4 to +6.5 points on
 # the large shapes, the same on the small ones; NVFP4 lost 1-3 points that way and keeps "rows")

@@ -53,8 +53,8 @@ def test_launch_defaults_follow_the_sweeps():
     assert (small["walk"], small["stages"]) == ("rows", 2)
     assert launch_defaults(False, 3, True, tiles(4096, 4096, 128), 132)["walk"] == "rows"
     assert launch_defaults(False, 3, True, tiles(8192, 14336, 128), 132)["walk"] == "linear"
-    # every launch folds 8 tile widths into a 64-row tile (8 input rows) where K allows
-    assert all(launch_defaults(nv, mode, sp, tiles(2048, 4096, 64), 132)["row_fold"] == 8
+    # every launch folds 32 tile widths into a 64-row tile (2 input rows) where K allows
+    assert all(launch_defaults(nv, mode, sp, tiles(2048, 4096, 64), 132)["row_fold"] == 32
                for nv in (False, True) for mode in (0, 1, 2, 3) for sp in (False, True))
 
 
