@@ -231,8 +231,9 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, z
     """One (BM, T) tile: load, rotate, then store / track amax / quantize (see _rotq_kernel).
 
     ``FOLD`` > 1: the tile's BM rows are BM/FOLD rows of the input times FOLD adjacent T-column
-    chunks (row i of the tile is input row i % (BM/FOLD), chunk i // (BM/FOLD)): the tile reads and
-    writes BM/FOLD row segments of FOLD*T columns instead of BM of T (see _tile_rows).
+    chunks (row i of the tile is input row i % (BM/FOLD), chunk i // (BM/FOLD); ``FOLDC``: the
+    chunks fastest): the tile reads and writes BM/FOLD row segments of FOLD*T columns instead of BM
+    of T (see _tile_rows).
 
     ``TO == T``: one dot with the (T, T) block matrix. ``TO == T // 2`` (the split, for a
     Sylvester Hadamard of size T = 2 TO): with the tile's halves a, b and H_T = [[H, H], [H, -H]],
@@ -283,7 +284,8 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, z
 def _tile_rows(i, pid_m, pid_k, stride, W: tl.constexpr, BM: tl.constexpr, FOLD: tl.constexpr, FOLDC: tl.constexpr):
     """(input row, offset of the row's first element) of tile rows i of tile (pid_m, pid_k), for an
     input with row stride ``stride`` and tiles W columns wide; with ``FOLD`` > 1 the tile is BM/FOLD
-    input rows x FOLD chunks of W columns (row i: input row i % (BM/FOLD), chunk i // (BM/FOLD)).
+    input rows x FOLD chunks of W columns (row i: input row i % (BM/FOLD), chunk i // (BM/FOLD);
+    with ``FOLDC``, chunks fastest: input row i // FOLD, chunk i % FOLD).
     Offsets in elements of that input (codes, scale bytes: pass their stride and width)."""
     if FOLD == 1:
         rows = pid_m * BM + i
@@ -776,7 +778,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
                     mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
                     f2fp: bool | None = None, row_step: int | None = None, split: bool | None = None,
                     gen_matrix: bool | None = None, walk: str | None = None, row_fold: int | None = None,
-            fold_order: str | None = None):
+                    fold_order: str | None = None):
     """Fused rotation + FP4 quantization; see the module docstring. ``global_scale`` (NVFP4):
     the fp32 encode scale to use; None computes it from the rotated input (an extra amax pass).
     A float or CPU tensor is checked here (finite, > 0); a CUDA tensor is used as is, without a
@@ -796,7 +798,9 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
     programs per SM) or "linear" (SMs * ``waves`` programs walk the tiles in row-major order;
     ``row_step`` then sets the program count); ``row_fold`` = F: each tile is block_m/F input rows
     times F adjacent tile-widths of columns (same matrix-unit work, longer row segments per load and
-    store; 1 = block_m rows of one tile width)."""
+    store; 1 = block_m rows of one tile width); ``fold_order``: "rows" (the default: consecutive
+    tile rows are consecutive input rows) or "chunks" (consecutive tile rows are adjacent chunks of
+    one input row)."""
     if output not in _OUTPUTS:
         raise ValueError(f"output must be one of {list(_OUTPUTS)}, got {output!r}")
     if output in ("fake", "packed"):

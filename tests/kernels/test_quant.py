@@ -187,8 +187,8 @@ def test_row_fold_gives_the_same_bytes(dev, name, n):
     or chunks fastest, ``fold_order``) give the bytes of block_m x one tile width in every output
     mode -- rotated, amax, fake, packed --
     with a partial last row block (masks) and whole ones, on the rows and the linear walk; the
-    had128 split tile too. A fold K or block_m does not allow is an error naming both; the default
-    falls back to no fold there."""
+    had128 split tile too. A fold K or block_m does not allow is an error naming both, an unknown
+    fold order an error naming it; the default falls back to no fold there."""
     from fpq_core.kernels.quant import rotate_quantize
     from fpq_core.transforms import get_transform
     spec = _spec(name)
