@@ -8,7 +8,7 @@ written / time) against a device-to-device copy timed the same way in the same r
 bytes are checked against the default launch. Writes OUT/sweep_quant_kernel.json; the best
 config per case is printed (DEFAULT_LAUNCH in fpq_core/kernels/quant.py comes from here).
 
-    python benchmarks/sweep_quant_kernel.py --out OUT [--grid quick|full|occupancy|codes|regcap|cvt|t128|rowstep|split|gen|walk|deep|fold|widefold] [--cases a,b]
+    python benchmarks/sweep_quant_kernel.py --out OUT [--grid quick|full|occupancy|codes|regcap|cvt|t128|rowstep|split|gen|walk|deep|fold|widefold|nvwalk] [--cases a,b]
                                                       [--formats mxfp4,nvfp4] [--rot N] [--tag NAME]
 
 ``--grid occupancy``: 64-column tiles, 4 warps; rows 32/64, stages 2/3, maxnreg none/96/80/72
@@ -36,6 +36,8 @@ programs per SM, on the rows walk with 4/8/16, and 32-row tiles with stages 4-8 
 row of 64 tile widths) and the tile's rows taken rows-fastest (the default) or chunks-fastest
 (``fold_order="chunks"``: consecutive tile rows are adjacent column chunks of one input row, so each
 warp's load and store instructions cover contiguous bytes), each twice, interleaved.
+``--grid nvwalk`` (for NVFP4): the default launch against the linear walk with 5 programs per SM
+and 3 stages, three times, interleaved.
 ``--grid fold``: tiles of 64/F input rows times F tile widths (``row_fold`` F = 1, 2, 4, 8, each
 twice, interleaved, default launch otherwise; 128 rows with 8 warps and F = 8, 16), then F = 2, 4 on the linear walk (3, 4, 6 programs
 per SM, stages 2/3) and the rows walk (4, 16). (The eighth session's grid ``prefetch`` -- the L2 prefetch of each program's first two tiles
@@ -64,7 +66,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--quick", action="store_true", help="same as --grid quick")
-    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen", "walk", "deep", "fold", "widefold"),
+    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen", "walk", "deep", "fold", "widefold", "nvwalk"),
                     default=None)
     ap.add_argument("--rot", type=int, default=None, help="rotation size (default: the format's group size)")
     ap.add_argument("--cases", default="a_8192x14336,w_4096x4096",
@@ -125,7 +127,7 @@ def main(argv=None):
                         best = r
             keys = ("case", "fmt", "rot", "block_m", "tile", "num_warps", "stages", "maxnreg", "fma_codes", "waves")
             if grid_name not in ("occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen", "walk", "deep",
-                                 "fold", "widefold"):
+                                 "fold", "widefold", "nvwalk"):
                 # the same best launch without the matrix-column order (ablation, same run)
                 kw = dict(global_scale=g, plan=make_plan(t, K, spec.group_size, tile=best["tile"]),
                           **{k: best[k] for k in ("block_m", "num_warps", "stages", "waves", "maxnreg", "fma_codes")},
@@ -167,6 +169,9 @@ def _grid(name: str, fmt: str):
                 + [(None, None, None, st, None, None, None, (3, 4, 6), {"walk": "linear", "row_fold": f})
                    for f, st in itertools.product((2, 4), (2, 3))]
                 + [(None, None, None, 3, None, None, None, (4, 16), {"walk": "rows", "row_fold": f}) for f in (2, 4)])
+    if name == "nvwalk":        # the default launch against the linear walk, 5 programs per SM, 3 stages; 3 times
+        return [(None, None, None, st, None, None, None, (w,), kw) for _ in range(3)
+                for st, w, kw in ((None, None, {}), (3, 5, {"walk": "linear"}))]
     if name == "widefold":      # row_fold 8-64 (down to one input row per tile), rows or chunks fastest, twice
         return [(None, None, None, None, None, None, None, (None,), {"row_fold": f, "fold_order": o})
                 for _ in range(2) for f in (8, 16, 32, 64) for o in ("rows", "chunks")]
