@@ -112,9 +112,9 @@ def loop_counts(sass: str) -> collections.Counter:
 def count_loop(kernel, fmt: str, fma_codes: bool = True, even: bool = True, f2fp: bool = True):
     """(loop opcode counts, counts by pipe, elements per thread per tile) of ``kernel`` compiled
     for packed bf16 output with a 64-column tile and the format's default launch."""
-    from fpq_core.kernels.quant import MX_PACKED_LAUNCH, NV_LAUNCH
+    from fpq_core.kernels.quant import MX_PACKED_LAUNCH, NV_PACKED_LAUNCH
     nv = fmt == "nvfp4"
-    launch = NV_LAUNCH if nv else MX_PACKED_LAUNCH
+    launch = NV_PACKED_LAUNCH if nv else MX_PACKED_LAUNCH
     bm, nw, T = launch["block_m"], launch["num_warps"], 64
     c = dict(T=T, TO=T, G=16 if nv else 32, BM=bm, HAS_ROT=True, DOT_LOWP=True, POST_SCALE=not nv, MODE=3,
              IS_NV=nv, IS_BF16=True, HW_ROUND=True, MX_MUL=not nv, NV_FMA=nv, PERM=True, ROWP=True,

@@ -650,8 +650,12 @@ DEFAULT_LAUNCH = {"block_m": 64, "num_warps": 4, "waves": 16, "stages": 3, "maxn
                   "walk": "rows", "row_fold": 32}
 NV_LAUNCH = dict(DEFAULT_LAUNCH, maxnreg=96)     # NVFP4: a 96-register cap gave 1-3% (64-column bf16 tiles)
 # MXFP4 packed codes: 4 programs per SM walking all tiles (``--grid walk``: +0.4 to +6.5 points on
-# the large shapes, the same on the small ones; NVFP4 lost 1-3 points that way and keeps "rows")
+# the large shapes, the same on the small ones). NVFP4 packed codes: 5 programs per SM walking all
+# tiles since the eighth session (at fold 8 and below NVFP4 lost 1-3 points that way; at fold 32,
+# ``--grid nvwalk``, three runs each: +1.3 to +2.2 points on the weights, +0.3 at 2048x4096, -0.8 at
+# 8192x14336, within its runs' spread; the had128 split keeps its own launch, where it lost 1-7)
 MX_PACKED_LAUNCH = dict(DEFAULT_LAUNCH, walk="linear", waves=4)
+NV_PACKED_LAUNCH = dict(NV_LAUNCH, walk="linear", waves=5)
 # 128-column Hadamard tiles rotated as two halves (``split``): the two 64x64 matrices and two stages of
 # 64x128 tiles are 48 KB of shared memory (4 programs per SM); NVFP4 needs 128 registers there (96 spill).
 # Large shapes: three stages (64 KB, 3 programs per SM) and 3 programs per SM walking all tiles
@@ -668,7 +672,7 @@ def launch_defaults(is_nv: bool, mode: int, split: bool, tiles: int, sms: int) -
     if split:
         d = NV_SPLIT_LAUNCH if is_nv and mode >= 2 else SPLIT_LAUNCH
     elif is_nv and mode >= 2:
-        d = NV_LAUNCH
+        d = NV_PACKED_LAUNCH if mode == 3 else NV_LAUNCH
     else:
         d = MX_PACKED_LAUNCH if mode == 3 else DEFAULT_LAUNCH
     if "large" in d and tiles >= d["large_tiles_per_sm"] * sms:

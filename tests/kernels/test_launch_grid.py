@@ -46,7 +46,9 @@ def test_launch_defaults_follow_the_sweeps():
     assert (mx["walk"], mx["waves"]) == ("linear", 4)
     assert launch_defaults(False, 2, False, tiles(2048, 4096, 64), 132)["walk"] == "rows"   # fake quant: unchanged
     nv = launch_defaults(True, 3, False, tiles(14336, 4096, 64), 132)
-    assert (nv["walk"], nv["maxnreg"]) == ("rows", 96)
+    assert (nv["walk"], nv["waves"], nv["stages"], nv["maxnreg"]) == ("linear", 5, 3, 96)
+    nv_fake = launch_defaults(True, 2, False, tiles(14336, 4096, 64), 132)
+    assert (nv_fake["walk"], nv_fake["maxnreg"]) == ("rows", 96)                  # fake quant: unchanged
     big = launch_defaults(True, 3, True, tiles(14336, 4096, 128), 132)
     assert (big["walk"], big["waves"], big["stages"], big["maxnreg"]) == ("linear", 3, 3, 128)
     small = launch_defaults(False, 3, True, tiles(2048, 4096, 128), 132)
