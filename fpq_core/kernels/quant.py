@@ -702,7 +702,7 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
     # a tile of bm/rf input rows x rf chunks of T columns (_tile_rows): the default, else the largest
     # power of two below it that K and bm allow
     if row_fold is None:
-        rf = dflt.get("row_fold", 1)
+        rf = dflt["row_fold"]
         while rf > 1 and (K % (rf * T) or bm % rf):
             rf //= 2
     else:
