@@ -109,7 +109,7 @@ def loop_counts(sass: str) -> collections.Counter:
     return collections.Counter(op for addr, op, _ in ins if lo <= addr <= hi)
 
 
-def count_loop(kernel, fmt: str, fma_codes: bool = True, even: bool = True, f2fp: bool = True, popc: bool = True):
+def count_loop(kernel, fmt: str, fma_codes: bool = True, even: bool = True, f2fp: bool = True):
     """(loop opcode counts, counts by pipe, elements per thread per tile) of ``kernel`` compiled
     for packed bf16 output with a 64-column tile and the format's default launch."""
     from fpq_core.kernels.quant import MX_PACKED_LAUNCH, NV_PACKED_LAUNCH
@@ -120,8 +120,7 @@ def count_loop(kernel, fmt: str, fma_codes: bool = True, even: bool = True, f2fp
              IS_NV=nv, IS_BF16=True, HW_ROUND=True, MX_MUL=not nv, NV_FMA=nv, PERM=True, ROWP=True,
              NW=nw, FCODE=fma_codes, EVEN=even, STAGES=launch["stages"], ITERS_C=0, F2FP=f2fp,
              HGEN=16 if nv else 32, HVAL=0.25 if nv else 1.0,     # the Hadamard built in the kernel, as launched
-             LINEAR=launch["walk"] == "linear", FOLD=launch["row_fold"], FOLDC=False,   # the default fold order
-             NEGB=False, HPOPC=popc)    # (NEGB: the had128 split only)
+             LINEAR=launch["walk"] == "linear", FOLD=launch["row_fold"], FOLDC=False)   # the default fold order
     cnt = loop_counts(_sass(kernel, c, nw, launch["maxnreg"]))
     pipes = collections.Counter()
     for op, n in cnt.items():

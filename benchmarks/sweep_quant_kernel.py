@@ -36,16 +36,15 @@ programs per SM, on the rows walk with 4/8/16, and 32-row tiles with stages 4-8 
 row of 64 tile widths) and the tile's rows taken rows-fastest (the default) or chunks-fastest
 (``fold_order="chunks"``: consecutive tile rows are adjacent column chunks of one input row, so each
 warp's load and store instructions cover contiguous bytes), each twice, interleaved.
-``--grid neg`` (with ``--rot 128``): the had128 split's second half with -H in shared memory (the
-default) or with b negated in registers (``split_neg=True``: 16 KB less shared memory a program, so
-4 instead of 3 programs fit on an SM at 3 stages), on the default launch and with 3 stages on both
-walks, twice, interleaved. ``--grid popc``: the Hadamard matrix's signs built with the hardware
-popcount (the default) or with shifts and xors (``gen_popc=False``), three times, interleaved.
 ``--grid nvwalk`` (for NVFP4): the default launch against the linear walk with 5 programs per SM
 and 3 stages, three times, interleaved.
 ``--grid fold``: tiles of 64/F input rows times F tile widths (``row_fold`` F = 1, 2, 4, 8, each
 twice, interleaved, default launch otherwise; 128 rows with 8 warps and F = 8, 16), then F = 2, 4 on the linear walk (3, 4, 6 programs
-per SM, stages 2/3) and the rows walk (4, 16). (The eighth session's grid ``prefetch`` -- the L2 prefetch of each program's first two tiles
+per SM, stages 2/3) and the rows walk (4, 16). (The ninth session's grids ``neg`` -- the had128 split's second half with b negated in registers
+instead of -H in shared memory -- and ``popc`` -- the Hadamard's signs by the hardware popcount --
+ran on the kernel of commit 613c70b, not kept: MXFP4 within a point, NVFP4 8-14 points slower (its
+register cap spills); popc 0.2-1 point slower: results/sweep_quant_kernel_neg128.json, _popc.json.)
+(The eighth session's grid ``prefetch`` -- the L2 prefetch of each program's first two tiles
 before its set-up, fold 8 and 32 -- ran on the kernel of commit 7a35218, slower on every shape,
 not kept: results/sweep_quant_kernel_prefetch.json, _prefetch128.json.) (The seventh session's grids ``halves`` and ``wide`` -- 128-column tiles of the group-size
 rotations, as two 64-column halves with their codes stored apart or together, or as one
@@ -71,7 +70,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--quick", action="store_true", help="same as --grid quick")
-    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen", "walk", "deep", "fold", "widefold", "nvwalk", "neg", "popc"),
+    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen", "walk", "deep", "fold", "widefold", "nvwalk"),
                     default=None)
     ap.add_argument("--rot", type=int, default=None, help="rotation size (default: the format's group size)")
     ap.add_argument("--cases", default="a_8192x14336,w_4096x4096",
@@ -176,16 +175,6 @@ def _grid(name: str, fmt: str):
     if name == "nvwalk":        # the default launch against the linear walk, 5 programs per SM, 3 stages; 3 times
         return [(None, None, None, st, None, None, None, (w,), kw) for _ in range(3)
                 for st, w, kw in ((None, None, {}), (3, 5, {"walk": "linear"}))]
-    if name == "neg":           # (--rot 128) the split's -H in shared memory vs b negated in registers (16 KB
-        # less shared memory a program: 4 programs per SM at 3 stages), on the default launch and with
-        # 3 stages on both walks; twice, interleaved
-        return [c for _ in range(2) for c in (
-            (None, None, None, None, None, None, None, (None,), {}),
-            (None, None, None, None, None, None, None, (None,), {"split_neg": True}),
-            (None, None, None, 3, None, None, None, (3, 4), {"split_neg": True, "walk": "linear"}),
-            (None, None, None, 3, None, None, None, (None,), {"split_neg": True, "walk": "rows"}))]
-    if name == "popc":          # the Hadamard's signs by popc (the default) or by shifts and xors; three times, interleaved
-        return [(None, None, None, None, None, None, None, (None,), {"gen_popc": p}) for _ in range(3) for p in (True, False)]
     if name == "widefold":      # row_fold 8-64 (down to one input row per tile), rows or chunks fastest, twice
         return [(None, None, None, None, None, None, None, (None,), {"row_fold": f, "fold_order": o})
                 for _ in range(2) for f in (8, 16, 32, 64) for o in ("rows", "chunks")]

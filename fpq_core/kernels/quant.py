@@ -227,7 +227,7 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, z
                MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
                HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
                ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr,
-               F2FP: tl.constexpr, FOLD: tl.constexpr, FOLDC: tl.constexpr, NEGB: tl.constexpr):
+               F2FP: tl.constexpr, FOLD: tl.constexpr, FOLDC: tl.constexpr):
     """One (BM, T) tile: load, rotate, then store / track amax / quantize (see _rotq_kernel).
 
     ``FOLD`` > 1: the tile's BM rows are BM/FOLD rows of the input times FOLD adjacent T-column
@@ -240,10 +240,7 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, z
     y = [a H + b H | a H + b (-H)]; each half is one chain of matrix-unit steps over a then b with
     ``mat`` = H and ``mat2`` = -H (TO x TO, columns in the matrix-unit order), i.e. the same fp32
     sums in the same order as the (BM, T) x (T, T) dot, but half the accumulator registers and half
-    the matrix in shared memory; each half then goes through the epilogue on its own. ``NEGB``:
-    the second chain is (a H) + (-b) H, b's sign bits flipped in registers, instead of
-    (a H) + b (-H) -- the same products (exact either way), so the same sums, and -H needs no
-    shared memory (8 KB less per program)"""
+    the matrix in shared memory; each half then goes through the epilogue on its own."""
     rows, xrow = _tile_rows(tl.arange(0, BM), pid_m, pid_k, stride_xm, T, BM, FOLD, FOLDC)
     if TO == T:
         kk = tl.arange(0, T)
@@ -272,14 +269,11 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, z
             xa = tl.load(pa, mask=rows[:, None] < M, other=0.0)
             xb = tl.load(pa + TO, mask=rows[:, None] < M, other=0.0)
         for ch in tl.static_range(2):          # [a H + b H | a H + b (-H)]
-            xc = xb
-            mb = mat
-            if ch == 1:
-                if NEGB:
-                    xc = _neg_exact(xb)
-                else:
-                    mb = mat2
-            y = _round_rotated(_dot_chain(xa, xc, mat, mb, DOT_LOWP), rot_scale, x_ptr, POST_SCALE, IS_BF16, HW_ROUND, F2FP)
+            if ch == 0:
+                mb = mat
+            else:
+                mb = mat2
+            y = _round_rotated(_dot_chain(xa, xb, mat, mb, DOT_LOWP), rot_scale, x_ptr, POST_SCALE, IS_BF16, HW_ROUND, F2FP)
             run_max = _rotq_epi(y, pid_m, pid_k, ch, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                 T, TO, G, BM, HAS_ROT, DOT_LOWP, MODE, IS_NV, IS_BF16, HW_ROUND, MX_MUL, NV_FMA, PERM,
                                 ROWP, NW, FCODE, EVEN, FOLD, FOLDC)
@@ -315,15 +309,6 @@ def _dot_chain(xa, xb, ma, mb, DOT_LOWP: tl.constexpr):
     else:
         return tl.dot(xb.to(tl.float32), mb, acc=tl.dot(xa.to(tl.float32), ma, input_precision="ieee", out_dtype=tl.float32),
                       input_precision="ieee", out_dtype=tl.float32)
-
-
-@triton.jit
-def _neg_exact(x):
-    """-x by flipping the sign bit (exact, zeros included; Triton's -x is 0 - x, which maps -0 to +0)."""
-    if x.dtype.primitive_bitwidth == 32:
-        return (x.to(tl.int32, bitcast=True) ^ -2147483648).to(x.dtype, bitcast=True)
-    else:
-        return (x.to(tl.int16, bitcast=True) ^ -32768).to(x.dtype, bitcast=True)
 
 
 @triton.jit
@@ -455,30 +440,21 @@ def _rotq_epi(y, pid_m, pid_k, CH: tl.constexpr, out_ptr, pk_ptr, sb_ptr, g, rg,
 
 
 @triton.jit
-def _sylvester_tile(R: tl.constexpr, N: tl.constexpr, PERM: tl.constexpr, V: tl.constexpr, POPC: tl.constexpr):
+def _sylvester_tile(R: tl.constexpr, N: tl.constexpr, PERM: tl.constexpr, V: tl.constexpr):
     """The (R, R) block-diagonal matrix of Sylvester Hadamard blocks of size N (N <= 256) with entries
     +-V -- (-1)^popcount(i & j) within a block, 0 outside -- its columns in mma_column_order where
     PERM: the matrix of RotationPlan.on(folded, permuted), built in registers (a few hundred integer
     instructions per program) instead of loaded, so that a program's first tile loads do not
-    wait behind a load of the matrix. ``POPC`` (GPU only): the parity by the hardware's popc.b32,
-    the sign bit of +-V set from it and the blocks masked by (i ^ j) < N -- four to five integer
-    instructions per entry instead of about ten (a program builds the matrix before its first loads)."""
+    wait behind a load of the matrix."""
     i = tl.arange(0, R)[:, None]
     j = tl.arange(0, R)[None, :]
     if PERM:
         j = ((j % 8) // 2) * (R // 4) + 2 * (j // 8) + j % 2
-    if POPC:
-        c = tl.inline_asm_elementwise("popc.b32 $0, $1;", "=r,r", [i & j & (N - 1)], dtype=tl.int32, is_pure=True, pack=1)
-        v = ((c << 31) ^ tl.full((1, 1), V, tl.float32).to(tl.int32, bitcast=True)).to(tl.float32, bitcast=True)
-        if N < R:
-            v = tl.where((i ^ j) < N, v, 0.0)
-        return v
-    else:
-        p = i & j & (N - 1)
-        p = p ^ (p >> 4)
-        p = p ^ (p >> 2)
-        p = p ^ (p >> 1)
-        return tl.where((i // N) == (j // N), tl.where((p & 1) == 1, -V, V), 0.0)
+    p = i & j & (N - 1)
+    p = p ^ (p >> 4)
+    p = p ^ (p >> 2)
+    p = p ^ (p >> 1)
+    return tl.where((i // N) == (j // N), tl.where((p & 1) == 1, -V, V), 0.0)
 
 
 @triton.jit
@@ -490,14 +466,13 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
                  HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
                  ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr,
                  ITERS_C: tl.constexpr, F2FP: tl.constexpr, HGEN: tl.constexpr, HVAL: tl.constexpr,
-                 LINEAR: tl.constexpr, FOLD: tl.constexpr, FOLDC: tl.constexpr, NEGB: tl.constexpr,
-                 HPOPC: tl.constexpr):
+                 LINEAR: tl.constexpr, FOLD: tl.constexpr, FOLDC: tl.constexpr):
     """Persistent: each program loads (or builds) the rotation matrix once, keeps one column tile
     (pid % tiles_k) and walks the row blocks pid // tiles_k + i * row_step (the grid is
     tiles_k * row_step programs, so no division per tile; where row_step does not divide the row
     blocks, some walks are one tile shorter). MODE 0 rotated, 1 amax (one value per
     program), 2 fake quant, 3 packed codes + scale bytes. ``TO < T``: the split rotation of
-    _rotq_tile, m_ptr holding H and -H (2 TO x TO; with ``NEGB`` -H is neither built nor loaded). ``HGEN`` > 0: the matrix is the Sylvester
+    _rotq_tile, m_ptr holding H and -H (2 TO x TO). ``HGEN`` > 0: the matrix is the Sylvester
     Hadamard of that size with entries +-HVAL, built here (_sylvester_tile), not loaded.
     ``LINEAR``: the programs instead walk the tiles in row-major order, tile pid + i * row_step
     (row_step = the number of programs), each tile's row block and column tile advanced from the
@@ -508,9 +483,9 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
     kk = tl.arange(0, TO)
     if HAS_ROT:
         if HGEN > 0:
-            mat = _sylvester_tile(TO, HGEN, PERM, HVAL, HPOPC)
-            if (TO < T) and (not NEGB):
-                mat2 = _sylvester_tile(TO, HGEN, PERM, -HVAL, HPOPC)
+            mat = _sylvester_tile(TO, HGEN, PERM, HVAL)
+            if TO < T:
+                mat2 = _sylvester_tile(TO, HGEN, PERM, -HVAL)
             else:
                 mat2 = mat
             if DOT_LOWP:
@@ -518,7 +493,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
                 mat2 = mat2.to(x_ptr.dtype.element_ty)
         else:
             mat = tl.load(m_ptr + kk[:, None] * TO + kk[None, :])
-            if (TO < T) and (not NEGB):
+            if TO < T:
                 mat2 = tl.load(m_ptr + TO * TO + kk[:, None] * TO + kk[None, :])
             else:
                 mat2 = mat
@@ -549,7 +524,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
                 t = pid + it * row_step
                 run_max = _rotq_tile(t // tiles_k, t % tiles_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                      stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                     HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD, FOLDC, NEGB)
+                                     HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD, FOLDC)
         else:
             # (row block, column tile) of tile pid + it * row_step, advanced by (dm, dk) per tile
             # with one wrap instead of a division per tile
@@ -561,7 +536,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
             for it in tl.range(0, n_it, num_stages=STAGES):
                 run_max = _rotq_tile(pm, pk, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                      stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                     HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD, FOLDC, NEGB)
+                                     HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD, FOLDC)
                 pk = pk + dk
                 wrap = pk >= tiles_k
                 pk = tl.where(wrap, pk - tiles_k, pk)
@@ -570,7 +545,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
         for it in range(0, ITERS_C):
             run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                  stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD, FOLDC, NEGB)
+                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD, FOLDC)
     else:
         if EVEN:
             n_it = iters
@@ -579,7 +554,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
         for it in tl.range(0, n_it, num_stages=STAGES):
             run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                  stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD, FOLDC, NEGB)
+                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD, FOLDC)
     if MODE == 1:
         tl.store(amax_ptr + pid, tl.max(tl.max(run_max, axis=1), axis=0))
     if (MODE == 3) and (not IS_NV):
@@ -672,7 +647,7 @@ def grid_stride(row_blocks: int, tiles_k: int, sms: int, waves: int, small_waves
 # a kernel doing nothing but these loads and stores reaches at most 72-73% of copy at 2048x4096 with
 # 64x64 tiles and 85-86% with 16x256 (docs/performance.md, section 1).
 DEFAULT_LAUNCH = {"block_m": 64, "num_warps": 4, "waves": 16, "stages": 3, "maxnreg": None, "small_waves": 4,
-                  "walk": "rows", "row_fold": 32, "split_neg": False}
+                  "walk": "rows", "row_fold": 32}
 NV_LAUNCH = dict(DEFAULT_LAUNCH, maxnreg=96)     # NVFP4: a 96-register cap gave 1-3% (64-column bf16 tiles)
 # MXFP4 packed codes: 4 programs per SM walking all tiles (``--grid walk``: +0.4 to +6.5 points on
 # the large shapes, the same on the small ones). NVFP4 packed codes: 5 programs per SM walking all
@@ -709,7 +684,7 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
             mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
             f2fp: bool | None = None, row_step: int | None = None, split: bool | None = None,
             gen_matrix: bool | None = None, walk: str | None = None, row_fold: int | None = None,
-            fold_order: str | None = None, split_neg: bool | None = None, gen_popc: bool | None = None):
+            fold_order: str | None = None):
     """Launch the persistent kernel. MODE 1 returns its partial maxima (one per program, in a
     buffer allocated here); MODE 3 with an MX format returns the global scale the kernel copied
     from ``gs`` into a tensor allocated here (so the caller's constant is never handed out); the
@@ -797,8 +772,6 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
         STAGES=None if interp else (stages or dflt["stages"]), ITERS_C=iters if interp else 0, num_warps=nw,
         F2FP=True if f2fp is None else bool(f2fp), HGEN=plan.n if hgen else 0,
         HVAL=float(plan.scale) if hgen and fold_scale else 1.0, LINEAR=linear, FOLD=rf, FOLDC=fold_order == "chunks",
-        NEGB=sp and (dflt["split_neg"] if split_neg is None else bool(split_neg)),
-        HPOPC=not interp and (True if gen_popc is None else bool(gen_popc)),
         enable_fp_fusion=False, **extra)
     return amax if mode == 1 else gso
 
@@ -809,7 +782,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
                     mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
                     f2fp: bool | None = None, row_step: int | None = None, split: bool | None = None,
                     gen_matrix: bool | None = None, walk: str | None = None, row_fold: int | None = None,
-                    fold_order: str | None = None, split_neg: bool | None = None, gen_popc: bool | None = None):
+                    fold_order: str | None = None):
     """Fused rotation + FP4 quantization; see the module docstring. ``global_scale`` (NVFP4):
     the fp32 encode scale to use; None computes it from the rotated input (an extra amax pass).
     A float or CPU tensor is checked here (finite, > 0); a CUDA tensor is used as is, without a
@@ -831,9 +804,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
     times F adjacent tile-widths of columns (same matrix-unit work, longer row segments per load and
     store; 1 = block_m rows of one tile width); ``fold_order``: "rows" (the default: consecutive
     tile rows are consecutive input rows) or "chunks" (consecutive tile rows are adjacent chunks of
-    one input row); ``split_neg``: the split's second half as (a H) + (-b) H with b negated in
-    registers (True) or as (a H) + b (-H) with -H in shared memory (False); ``gen_popc=False``
-    builds the Hadamard matrix's signs with shifts and xors instead of the hardware popcount."""
+    one input row)."""
     if output not in _OUTPUTS:
         raise ValueError(f"output must be one of {list(_OUTPUTS)}, got {output!r}")
     if output in ("fake", "packed"):
@@ -851,7 +822,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
     M = x2.shape[0]
     launch = dict(block_m=block_m, num_warps=num_warps, waves=waves, stages=stages, mma_order=mma_order, maxnreg=maxnreg,
                   fma_codes=fma_codes, f2fp=f2fp, row_step=row_step, split=split,
-                  gen_matrix=gen_matrix, walk=walk, row_fold=row_fold, fold_order=fold_order, split_neg=split_neg, gen_popc=gen_popc)
+                  gen_matrix=gen_matrix, walk=walk, row_fold=row_fold, fold_order=fold_order)
     if output == "rotated":
         out = torch.empty_like(x2)
         _launch(x2, plan, spec, 0, out=out, **launch)

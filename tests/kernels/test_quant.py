@@ -172,7 +172,7 @@ def test_launch_configurations_give_the_same_bytes(dev, name):
     fake = rotate_quantize(x, spec, t, "fake", global_scale=gs)
     for kw in (dict(waves=1), dict(waves=2), dict(block_m=128, num_warps=8), dict(block_m=32),
                dict(mma_order=False), dict(stages=2, waves=3), dict(maxnreg=72), dict(fma_codes=False),
-               dict(f2fp=False), dict(row_step=2), dict(gen_matrix=False), dict(gen_popc=False), dict(walk="linear"),
+               dict(f2fp=False), dict(row_step=2), dict(gen_matrix=False), dict(walk="linear"),
                dict(walk="linear", waves=1), dict(walk="linear", row_step=7), dict(row_fold=1), dict(row_fold=2),
                dict(row_fold=2, walk="linear"), dict(row_fold=4, block_m=32), dict(row_fold=8, block_m=128, num_warps=8)):
         pk, sb, _ = rotate_quantize(x, spec, t, "packed", global_scale=gs, **kw)
@@ -287,16 +287,6 @@ def test_split_hadamard_128_gives_the_same_bytes(dev, name, dtype):
         # the Hadamard built in the kernel is the plan's matrix: loading it gives the same bytes
         assert torch.equal(_bits(y), _bits(rotate_quantize(x, spec, t, "rotated", split=True, gen_matrix=False)))
         assert torch.equal(pk, rotate_quantize(x, spec, t, "packed", global_scale=gs, gen_matrix=False)[0])
-        for neg in (False, True):   # -H in shared memory, or b negated in registers: the same products and sums
-            assert torch.equal(_bits(y), _bits(rotate_quantize(x, spec, t, "rotated", split=True, split_neg=neg))), neg
-            assert torch.equal(_bits(fake), _bits(rotate_quantize(x, spec, t, "fake", global_scale=gs, split=True,
-                                                                  split_neg=neg))), neg
-            pkn, sbn, _ = rotate_quantize(x, spec, t, "packed", global_scale=gs, split=True, split_neg=neg)
-            assert torch.equal(pkn, pk) and torch.equal(sbn, sb), neg
-            assert torch.equal(rotate_quantize(x, spec, t, "amax", split=True, split_neg=neg),
-                               rotate_quantize(x, spec, t, "amax", split=True)), neg
-        # the matrix's signs by shifts and xors instead of the hardware popcount (GPU; the interpreter has no popc)
-        assert torch.equal(_bits(y), _bits(rotate_quantize(x, spec, t, "rotated", split=True, gen_popc=False)))
         if dtype == torch.bfloat16 and not interp():
             assert torch.equal(_bits(y), _bits(y0))
             assert torch.equal(rotate_quantize(x, spec, t, "amax", split=True),
