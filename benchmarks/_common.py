@@ -85,6 +85,25 @@ try:  # GPU benchmarks only; CPU-only installs import this module without triton
             offs = start + tl.arange(0, BLOCK)
             m = offs < n
             tl.store(dst + offs, tl.load(src + offs, mask=m), mask=m)
+
+    @triton.jit
+    def _copy_pdl(src, dst, n, BLOCK: tl.constexpr, TRIG: tl.constexpr):
+        """_copy for a launch with programmatic dependent launch: reads nothing before the previous
+        kernel has completed (griddepcontrol.wait) and lets the next kernel launch at its start
+        (``TRIG`` 1), at its end (2) or when it exits (3)."""
+        if TRIG == 1:
+            tl.inline_asm_elementwise("griddepcontrol.launch_dependents; mov.u32 $0, 0;", "=r", [], dtype=tl.int32,
+                                      is_pure=False, pack=1)
+        zero = tl.inline_asm_elementwise("griddepcontrol.wait; mov.u32 $0, 0;", "=r", [], dtype=tl.int32,
+                                         is_pure=False, pack=1)
+        pid = tl.program_id(0) + zero
+        for start in range(pid * BLOCK, n, tl.num_programs(0) * BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            m = offs < n
+            tl.store(dst + offs, tl.load(src + offs, mask=m), mask=m)
+        if TRIG == 2:
+            tl.inline_asm_elementwise("griddepcontrol.launch_dependents; mov.u32 $0, 0;", "=r", [], dtype=tl.int32,
+                                      is_pure=False, pack=1)
 except ImportError:  # pragma: no cover
     triton = None
 
@@ -95,10 +114,18 @@ def _copy_setup(nbytes: int, n_inputs: int):
     return src, torch.empty_like(src[0])
 
 
-def _triton_copy_ms(src: list, dst, rep: int) -> float:
-    """Best CUDA-graph milliseconds per call of the vectorised Triton copy over a few launch shapes."""
+def _triton_copy_ms(src: list, dst, rep: int, pdl: bool | int = False) -> float:
+    """Best CUDA-graph milliseconds per call of the vectorised Triton copy over a few launch shapes
+    (``pdl``: each launched with programmatic dependent launch, as a chain of such kernels runs, the
+    next one let launch at the start, the end or the exit of each program -- the best of the three,
+    or the one given: 1, 2, 3)."""
     n = src[0].numel()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
+    if pdl:
+        trigs = (1, 2, 3) if pdl is True else (int(pdl),)
+        return min(bench_graph(lambda x: _copy_pdl[(sms * waves,)](x, dst, n, BLOCK=block, TRIG=trig, launch_pdl=True),
+                               src, rep=rep)
+                   for block, waves in ((4096, 4), (8192, 8), (4096, 16)) for trig in trigs)
     return min(bench_graph(lambda x: _copy[(sms * waves,)](x, dst, n, BLOCK=block), src, rep=rep)
                for block, waves in ((4096, 4), (8192, 8), (4096, 16)))
 
@@ -117,12 +144,17 @@ def copy_baselines(nbytes: int = 1 << 30) -> dict:
     return out
 
 
-def copy_graph_bandwidth(nbytes: int, n_inputs: int = 3) -> float:
+def copy_graph_bandwidth(nbytes: int, n_inputs: int = 3, pdl: bool | int = False) -> float:
     """Copy bandwidth (bytes read + written per second) of a copy of ``nbytes`` bytes, timed as
     the kernels are (CUDA graph, rotating among ``n_inputs`` sources): the larger of torch
-    ``copy_`` and the Triton copy kernel. The ceiling a kernel moving as many bytes can reach."""
+    ``copy_`` and the Triton copy kernel. The ceiling a kernel moving as many bytes can reach.
+    ``pdl``: the Triton copy launched with programmatic dependent launch (torch's copy has none),
+    the baseline for a kernel timed in a chain of such launches."""
     src, dst = _copy_setup(nbytes, n_inputs)
-    best = min(bench_graph(lambda x: dst.copy_(x), src), _triton_copy_ms(src, dst, rep=20))
+    if pdl:
+        best = _triton_copy_ms(src, dst, rep=20, pdl=pdl)
+    else:
+        best = min(bench_graph(lambda x: dst.copy_(x), src), _triton_copy_ms(src, dst, rep=20))
     del src, dst
     return 2 * nbytes / (best * 1e-3)
 

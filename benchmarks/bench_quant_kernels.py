@@ -7,7 +7,12 @@ the same method as the copy it is compared with; ``call_ms``: wall time per call
 (launch overhead included). ``pct_copy``: against the largest of three 1 GiB copies (the
 headline, conservative); ``pct_same_size_copy``: against a copy moving the kernel's own byte count
 timed the same way as the kernel (CUDA graph, same number of rotating inputs): the ceiling a
-kernel of this size can reach (small shapes pay launch and tail like the kernel). ``v1_ms``: the kernel before the persistent rewrite
+kernel of this size can reach (small shapes pay launch and tail like the kernel).
+``kernel_ms_no_pdl`` / ``kernel_ms_pdl``: the same launch without / with programmatic dependent
+launch (each call may launch while the previous one runs, does its set-up, and waits for it before
+touching memory; ``_rotq_kernel``), whatever the default; ``pct_same_size_pdl_copy``: the PDL
+timing against the Triton copy of the same byte count launched the same way (a chain of PDL
+copies), the like-for-like ceiling for it. ``v1_ms``: the kernel before the persistent rewrite
 (benchmarks/_quant_v1.py), same inputs, same method, same run; ``v1_equal``: both give the same
 bytes. Also checks on each shape that the kernel's packed output equals the engine's quantize()
 of the kernel's rotated values, and reports the rotation's bf16 mismatch rate vs the torch twin.
@@ -87,16 +92,25 @@ def run_case(label, M, K, fmt, n, copy_bw, n_inputs, with_compile, with_eager):
     v1_equal = bool(torch.equal(pk1, pk2) and torch.equal(sb1, sb2))
     del pk1, sb1, pk2, sb2
     ms = bench_graph(lambda x: rotate_quantize(x, spec, t, "packed", global_scale=gs, plan=plan), xs)
+    # the same launch without and with programmatic dependent launch, explicitly (whatever the default)
+    ms_np = bench_graph(lambda x: rotate_quantize(x, spec, t, "packed", global_scale=gs, plan=plan, pdl=False), xs)
+    ms_p = bench_graph(lambda x: rotate_quantize(x, spec, t, "packed", global_scale=gs, plan=plan, pdl=True), xs)
     call_ms = bench(lambda x: rotate_quantize(x, spec, t, "packed", global_scale=gs, plan=plan), xs)
     v1_ms = bench_graph(lambda x: rotate_quantize_v1(x, spec, plan, "packed", gs1), xs)
     key = ((nbytes // 2) & ~15, n_inputs)
     if key not in _SAME_SIZE:                     # a copy that moves as many bytes as the kernel
         _SAME_SIZE[key] = copy_graph_bandwidth(key[0], n_inputs)
+        _SAME_SIZE[key + ("pdl",)] = copy_graph_bandwidth(key[0], n_inputs, pdl=True)
+    pdl_copy = _SAME_SIZE[key + ("pdl",)]
     row = {"name": f"{label}/{fmt}/had{n}", "shape": f"{M}x{K}", "format": fmt, "rot": n, "n_inputs": n_inputs, "kernel_ms": ms,
            "GBps": nbytes / ms / 1e6, "pct_copy": 100 * (nbytes / (ms * 1e-3)) / copy_bw, "call_ms": call_ms,
            "same_size_copy_GBps": _SAME_SIZE[key] / 1e9, "pct_same_size_copy": 100 * (nbytes / (ms * 1e-3)) / _SAME_SIZE[key],
            "v1_ms": v1_ms, "v1_pct_copy": 100 * (nbytes / (v1_ms * 1e-3)) / copy_bw, "speedup_vs_v1": v1_ms / ms,
            "v1_equal": v1_equal,
+           "kernel_ms_no_pdl": ms_np, "pct_copy_no_pdl": 100 * (nbytes / (ms_np * 1e-3)) / copy_bw,
+           "pct_same_size_copy_no_pdl": 100 * (nbytes / (ms_np * 1e-3)) / _SAME_SIZE[key],
+           "kernel_ms_pdl": ms_p, "pct_copy_pdl": 100 * (nbytes / (ms_p * 1e-3)) / copy_bw,
+           "same_size_pdl_copy_GBps": pdl_copy / 1e9, "pct_same_size_pdl_copy": 100 * (nbytes / (ms_p * 1e-3)) / pdl_copy,
            "bit_exact_given_rotation": exact, "rot_mismatch_vs_twin": mism, "rot_mismatch_vs_engine": mism_eng}
     if with_eager:
         def eager(x):
@@ -118,7 +132,9 @@ def run_case(label, M, K, fmt, n, copy_bw, n_inputs, with_compile, with_eager):
         if k in row:
             row["speedup_vs_" + k[:-3]] = row[k] / ms
     print(f"{row['name']}: {ms:.3f} ms, {row['GBps']:.0f} GB/s ({row['pct_copy']:.0f}% of copy; "
-          f"v1 {v1_ms:.3f} ms = {row['v1_pct_copy']:.0f}%), exact={exact} v1_equal={v1_equal}", flush=True)
+          f"v1 {v1_ms:.3f} ms = {row['v1_pct_copy']:.0f}%; without / with PDL {row['pct_copy_no_pdl']:.1f} / "
+          f"{row['pct_copy_pdl']:.1f}%, same-size copy {row['pct_same_size_copy_no_pdl']:.1f}%, same-size PDL copy "
+          f"{row['pct_same_size_pdl_copy']:.1f}%), exact={exact} v1_equal={v1_equal}", flush=True)
     del xs
     return row
 
@@ -160,7 +176,8 @@ def main(argv=None):
                      with_eager=first)
     payload = {"device": info, "copy_GBps": copy_bw / 1e9, "copy_baselines_GBps": {k: v / 1e9 for k, v in copies.items()}, "rows": rows}
     write_json(a.out, "bench_quant_kernels", payload)
-    print(table(rows, ["name", "kernel_ms", "GBps", "pct_copy", "pct_same_size_copy", "v1_ms", "speedup_vs_v1", "call_ms", "eager_ms",
+    print(table(rows, ["name", "kernel_ms", "GBps", "pct_copy", "pct_same_size_copy", "pct_copy_no_pdl", "pct_copy_pdl",
+                       "pct_same_size_pdl_copy", "v1_ms", "speedup_vs_v1", "call_ms", "eager_ms",
                        "compile_ms", "bit_exact_given_rotation", "v1_equal", "rot_mismatch_vs_twin"]))
     return payload
 

@@ -38,7 +38,7 @@ from benchmarks._common import quant_module_copy, table, write_json  # noqa: E40
 DEFAULT_CASES = ("2048x4096:nvfp4:16,2048x4096:mxfp4:32,4096x4096:nvfp4:16,4096x4096:mxfp4:32,"
                  "14336x4096:nvfp4:16,14336x4096:mxfp4:32,8192x14336:nvfp4:16")
 
-_START = "    pid = tl.program_id(0)\n"
+_START = "    if PDL == 1:\n        _gdc_launch_dependents()\n"     # the kernel's first statement
 _END = "    if MODE == 1:\n        tl.store(amax_ptr + pid,"
 _HELPERS = '''
 
@@ -66,7 +66,8 @@ def _timeline_module():
         for marker in (_START, _END):
             if src.count(marker) != 1:
                 raise SystemExit(f"marker {marker!r} not found once in quant.py; update profile_quant_kernel.py")
-        src = src.replace(_START, _START + "    prof_t0 = _prof_globaltimer(pid)\n    prof_c0 = _prof_clock(pid)\n")
+        src = src.replace(_START, "    prof_t0 = _prof_globaltimer(tl.program_id(0))\n"
+                                  "    prof_c0 = _prof_clock(tl.program_id(0))\n" + _START)
         src = src.replace(_END, "    if MODE >= 2:\n"
                                 "        prof_c1 = _prof_clock(pid)\n"
                                 "        prof_t1 = _prof_globaltimer(pid)\n"

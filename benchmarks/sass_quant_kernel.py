@@ -120,7 +120,8 @@ def count_loop(kernel, fmt: str, fma_codes: bool = True, even: bool = True, f2fp
              IS_NV=nv, IS_BF16=True, HW_ROUND=True, MX_MUL=not nv, NV_FMA=nv, PERM=True, ROWP=True,
              NW=nw, FCODE=fma_codes, EVEN=even, STAGES=launch["stages"], ITERS_C=0, F2FP=f2fp,
              HGEN=16 if nv else 32, HVAL=0.25 if nv else 1.0,     # the Hadamard built in the kernel, as launched
-             LINEAR=launch["walk"] == "linear", FOLD=launch["row_fold"], FOLDC=False)   # the default fold order
+             LINEAR=launch["walk"] == "linear", FOLD=launch["row_fold"], FOLDC=False,   # the default fold order
+             PDL=0)     # (no programmatic dependent launch: its two instructions sit outside the loop)
     cnt = loop_counts(_sass(kernel, c, nw, launch["maxnreg"]))
     pipes = collections.Counter()
     for op, n in cnt.items():

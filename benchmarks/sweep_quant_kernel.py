@@ -36,6 +36,9 @@ programs per SM, on the rows walk with 4/8/16, and 32-row tiles with stages 4-8 
 row of 64 tile widths) and the tile's rows taken rows-fastest (the default) or chunks-fastest
 (``fold_order="chunks"``: consecutive tile rows are adjacent column chunks of one input row, so each
 warp's load and store instructions cover contiguous bytes), each twice, interleaved.
+``--grid pdl``: the default launch without programmatic dependent launch and with it, the next
+kernel let launch at the start, the end or the exit of each program (``pdl="start"|"end"|"exit"``),
+three times, interleaved; then copies of the MXFP4 byte count without and with PDL (each trigger).
 ``--grid nvwalk`` (for NVFP4): the default launch against the linear walk with 5 programs per SM
 and 3 stages, three times, interleaved.
 ``--grid fold``: tiles of 64/F input rows times F tile widths (``row_fold`` F = 1, 2, 4, 8, each
@@ -70,7 +73,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--quick", action="store_true", help="same as --grid quick")
-    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen", "walk", "deep", "fold", "widefold", "nvwalk"),
+    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen", "walk", "deep", "fold", "widefold", "nvwalk", "pdl"),
                     default=None)
     ap.add_argument("--rot", type=int, default=None, help="rotation size (default: the format's group size)")
     ap.add_argument("--cases", default="a_8192x14336,w_4096x4096",
@@ -146,6 +149,13 @@ def main(argv=None):
                                                          if k in best)
                   + f" (regs {best.get('n_regs')}, smem {best.get('shared')}): {best['ms'] * 1e3:.1f} us, "
                   f"{best['GBps']:.0f} GB/s = {best['pct_copy']:.0f}% of copy ({copy / 1e9:.0f} GB/s){extra}", flush=True)
+        if grid_name == "pdl":          # the like-for-like ceilings: copies of the kernel's byte count
+            from benchmarks._common import copy_graph_bandwidth
+            nb = ((M * K * 2 + M * K // 2 + M * K // 32) // 2) & ~15
+            for trig in (False, 1, 2, 3):
+                bw = copy_graph_bandwidth(nb, len(xs), pdl=trig)
+                rows.append({"case": name, "fmt": "copy", "pdl": trig, "GBps": bw / 1e9, "pct_copy": 100 * bw / copy})
+                print(f"{name:14s} same-size copy, pdl={trig}: {bw / 1e9:.0f} GB/s = {100 * bw / copy:.1f}% of copy", flush=True)
         del xs
         torch.cuda.empty_cache()
     bad = [r for r in rows if r.get("equal_to_default") is False]
@@ -175,6 +185,10 @@ def _grid(name: str, fmt: str):
     if name == "nvwalk":        # the default launch against the linear walk, 5 programs per SM, 3 stages; 3 times
         return [(None, None, None, st, None, None, None, (w,), kw) for _ in range(3)
                 for st, w, kw in ((None, None, {}), (3, 5, {"walk": "linear"}))]
+    if name == "pdl":           # the default launch without and with programmatic dependent launch, the next
+        # kernel let launch at each program's start, end or exit; three times, interleaved
+        return [(None, None, None, None, None, None, None, (None,), {"pdl": p})
+                for _ in range(3) for p in (False, "start", "end", "exit")]
     if name == "widefold":      # row_fold 8-64 (down to one input row per tile), rows or chunks fastest, twice
         return [(None, None, None, None, None, None, None, (None,), {"row_fold": f, "fold_order": o})
                 for _ in range(2) for f in (8, 16, 32, 64) for o in ("rows", "chunks")]

@@ -458,6 +458,26 @@ def _sylvester_tile(R: tl.constexpr, N: tl.constexpr, PERM: tl.constexpr, V: tl.
 
 
 @triton.jit
+def _gdc_launch_dependents():
+    """griddepcontrol.launch_dependents: the next kernel in the stream (if launched with PDL) may
+    launch; a no-op otherwise."""
+    tl.inline_asm_elementwise("griddepcontrol.launch_dependents; mov.u32 $0, 0;", "=r", [], dtype=tl.int32,
+                              is_pure=False, pack=1)
+
+
+@triton.jit
+def _gdc_wait(PDL: tl.constexpr):
+    """0, returned by the instruction after griddepcontrol.wait (which waits for the previous kernel in
+    the stream to complete and its writes to be visible) where ``PDL``: callers add it to their
+    addresses, so that no load or store can be scheduled before the wait."""
+    if PDL > 0:
+        return tl.inline_asm_elementwise("griddepcontrol.wait; mov.u32 $0, 0;", "=r", [], dtype=tl.int32,
+                                         is_pure=False, pack=1)
+    else:
+        return 0
+
+
+@triton.jit
 def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_ptr,
                  M, K, stride_xm, rot_scale, tiles_k, row_step, iters,
                  T: tl.constexpr, TO: tl.constexpr, G: tl.constexpr, BM: tl.constexpr,
@@ -466,7 +486,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
                  HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
                  ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr,
                  ITERS_C: tl.constexpr, F2FP: tl.constexpr, HGEN: tl.constexpr, HVAL: tl.constexpr,
-                 LINEAR: tl.constexpr, FOLD: tl.constexpr, FOLDC: tl.constexpr):
+                 LINEAR: tl.constexpr, FOLD: tl.constexpr, FOLDC: tl.constexpr, PDL: tl.constexpr):
     """Persistent: each program loads (or builds) the rotation matrix once, keeps one column tile
     (pid % tiles_k) and walks the row blocks pid // tiles_k + i * row_step (the grid is
     tiles_k * row_step programs, so no division per tile; where row_step does not divide the row
@@ -478,8 +498,18 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
     (row_step = the number of programs), each tile's row block and column tile advanced from the
     previous one's (one wrap, no division) -- any program count, so the grid can be exactly what
     fits on the SMs at once. ``FOLD``: each tile is BM/FOLD input rows x FOLD tile widths
-    (_tile_rows); tiles_k and the row blocks count such tiles."""
-    pid = tl.program_id(0)
+    (_tile_rows); tiles_k and the row blocks count such tiles.
+
+    ``PDL`` > 0 (launched with programmatic dependent launch): the program builds its Hadamard
+    matrix and only then waits for the previous kernel in the stream to complete
+    (griddepcontrol.wait); every global load and store depends on the wait's result, so nothing is
+    read or written before the previous kernel's writes are visible -- the order of a launch
+    without PDL, with this kernel's launch and set-up overlapping the previous kernel's end. It lets
+    the next kernel launch (griddepcontrol.launch_dependents) at its start (``PDL`` 1: the next
+    kernel's programs may then take free slots and do their set-up while this one runs), after its
+    last tile (2), or when it exits (3)."""
+    if PDL == 1:
+        _gdc_launch_dependents()
     kk = tl.arange(0, TO)
     if HAS_ROT:
         if HGEN > 0:
@@ -492,9 +522,10 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
                 mat = mat.to(x_ptr.dtype.element_ty)
                 mat2 = mat2.to(x_ptr.dtype.element_ty)
         else:
-            mat = tl.load(m_ptr + kk[:, None] * TO + kk[None, :])
+            zero = _gdc_wait(PDL)       # (the matrix may come from the previous kernel)
+            mat = tl.load(m_ptr + zero + kk[:, None] * TO + kk[None, :])
             if TO < T:
-                mat2 = tl.load(m_ptr + TO * TO + kk[:, None] * TO + kk[None, :])
+                mat2 = tl.load(m_ptr + zero + TO * TO + kk[:, None] * TO + kk[None, :])
             else:
                 mat2 = mat
             if not DOT_LOWP:
@@ -503,8 +534,11 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
     else:
         mat = 0.0
         mat2 = 0.0
+    if (not HAS_ROT) or (HGEN > 0):
+        zero = _gdc_wait(PDL)           # after the set-up that needs no memory
+    pid = tl.program_id(0) + zero       # every address below depends on the wait
     if IS_NV and MODE >= 2:
-        g = tl.load(gs_ptr)
+        g = tl.load(gs_ptr + zero)
     else:
         g = 1.0
     if NV_FMA and MODE >= 2:   # per program: RN(1/g) and the scale byte of an all-zero group (scale 1) for nv_scale_fast
@@ -555,14 +589,17 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
             run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                  stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
                                  HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD, FOLDC)
+    if PDL == 2:
+        _gdc_launch_dependents()
     if MODE == 1:
         tl.store(amax_ptr + pid, tl.max(tl.max(run_max, axis=1), axis=0))
     if (MODE == 3) and (not IS_NV):
         if pid == 0:    # MX: the global scale returned with the codes, written here (not by a copy kernel)
-            tl.store(gso_ptr, tl.load(gs_ptr))
+            tl.store(gso_ptr + zero, tl.load(gs_ptr + zero))
 
 
 _SM_COUNT: dict = {}
+_PDL_OK: dict = {}
 _CONST: dict = {}
 _LAST: dict = {}
 
@@ -579,6 +616,16 @@ def last_launch_resources() -> dict:
         return {}
     return {"n_regs": getattr(k, "n_regs", None), "n_spills": getattr(k, "n_spills", None),
             "shared": getattr(k.metadata, "shared", None)}
+
+
+def _pdl_capable(device) -> bool:
+    """Programmatic dependent launch (griddepcontrol) needs sm_90 or newer."""
+    if device.type != "cuda":
+        return False
+    k = device.index if device.index is not None else torch.cuda.current_device()
+    if k not in _PDL_OK:
+        _PDL_OK[k] = torch.cuda.get_device_capability(k)[0] >= 9
+    return _PDL_OK[k]
 
 
 def _sm_count(device) -> int:
@@ -646,8 +693,14 @@ def grid_stride(row_blocks: int, tiles_k: int, sms: int, waves: int, small_waves
 # one input row): +1 at F = 8, nothing at F >= 16 (not the default). benchmarks/floor_quant_kernel.py:
 # a kernel doing nothing but these loads and stores reaches at most 72-73% of copy at 2048x4096 with
 # 64x64 tiles and 85-86% with 16x256 (docs/performance.md, section 1).
+# ``pdl``: launched with programmatic dependent launch (sm_90+; see _rotq_kernel), the next kernel let
+# launch at each program's "end" or "start" (``sweep_quant_kernel.py --grid pdl``, ninth session, H100,
+# three runs each, against no PDL: "end" +0.2 to +2.2 points everywhere; "start" +0.7 to +3.5 where the
+# programs fill the SM -- NVFP4's register cap, the had128 split's shared memory -- and 12 to 20
+# points slower for MXFP4 packed codes, whose SMs keep room for the next kernel's programs, which
+# then take it early).
 DEFAULT_LAUNCH = {"block_m": 64, "num_warps": 4, "waves": 16, "stages": 3, "maxnreg": None, "small_waves": 4,
-                  "walk": "rows", "row_fold": 32}
+                  "walk": "rows", "row_fold": 32, "pdl": "end"}
 NV_LAUNCH = dict(DEFAULT_LAUNCH, maxnreg=96)     # NVFP4: a 96-register cap gave 1-3% (64-column bf16 tiles)
 # MXFP4 packed codes: 4 programs per SM walking all tiles (``--grid walk``: +0.4 to +6.5 points on
 # the large shapes, the same on the small ones). NVFP4 packed codes: 5 programs per SM walking all
@@ -655,13 +708,13 @@ NV_LAUNCH = dict(DEFAULT_LAUNCH, maxnreg=96)     # NVFP4: a 96-register cap gave
 # ``--grid nvwalk``, three runs each: +1.3 to +2.2 points on the weights, +0.3 at 2048x4096, -0.8 at
 # 8192x14336, within its runs' spread; the had128 split keeps its own launch, where it lost 1-7)
 MX_PACKED_LAUNCH = dict(DEFAULT_LAUNCH, walk="linear", waves=4)
-NV_PACKED_LAUNCH = dict(NV_LAUNCH, walk="linear", waves=5)
+NV_PACKED_LAUNCH = dict(NV_LAUNCH, walk="linear", waves=5, pdl="start")
 # 128-column Hadamard tiles rotated as two halves (``split``): the two 64x64 matrices and two stages of
 # 64x128 tiles are 48 KB of shared memory (4 programs per SM); NVFP4 needs 128 registers there (96 spill).
 # Large shapes: three stages (64 KB, 3 programs per SM) and 3 programs per SM walking all tiles
 # (``--grid split`` and ``--grid walk --rot 128``: +4 to +11 points against rows / 2 stages there;
 # the two small shapes were best with the latter).
-SPLIT_LAUNCH = dict(DEFAULT_LAUNCH, stages=2, large_tiles_per_sm=32,
+SPLIT_LAUNCH = dict(DEFAULT_LAUNCH, stages=2, large_tiles_per_sm=32, pdl="start",
                     large={"walk": "linear", "waves": 3, "stages": 3})
 NV_SPLIT_LAUNCH = dict(SPLIT_LAUNCH, maxnreg=128)
 
@@ -684,7 +737,7 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
             mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
             f2fp: bool | None = None, row_step: int | None = None, split: bool | None = None,
             gen_matrix: bool | None = None, walk: str | None = None, row_fold: int | None = None,
-            fold_order: str | None = None):
+            fold_order: str | None = None, pdl: bool | None = None):
     """Launch the persistent kernel. MODE 1 returns its partial maxima (one per program, in a
     buffer allocated here); MODE 3 with an MX format returns the global scale the kernel copied
     from ``gs`` into a tensor allocated here (so the caller's constant is never handed out); the
@@ -761,6 +814,15 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
     # maxnreg=0: no cap (the compiler's choice)
     mr = (dflt["maxnreg"] if TO <= 64 and small else None) if maxnreg is None else (maxnreg or None)
     extra = {"maxnreg": mr} if mr and not interp else {}
+    if pdl is True:
+        pdl = dflt["pdl"] or "end"
+    elif pdl is None:
+        pdl = dflt["pdl"]
+    if pdl not in (False, "start", "end", "exit"):
+        raise ValueError(f"pdl must be True, False, 'start', 'end' or 'exit', got {pdl!r}")
+    use_pdl = 0 if pdl is False or not _pdl_capable(x2.device) else {"start": 1, "end": 2, "exit": 3}[pdl]
+    if use_pdl:
+        extra["launch_pdl"] = True
     _LAST["kernel"] = _rotq_kernel[(nprog,)](
         x2, mat, out if out is not None else dummy, pk if pk is not None else dummy,
         sb if sb is not None else dummy, amax if amax is not None else dummy, gs if gs is not None else dummy,
@@ -771,7 +833,7 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
         MX_MUL=small and not is_nv, NV_FMA=small and is_nv and not interp,
         STAGES=None if interp else (stages or dflt["stages"]), ITERS_C=iters if interp else 0, num_warps=nw,
         F2FP=True if f2fp is None else bool(f2fp), HGEN=plan.n if hgen else 0,
-        HVAL=float(plan.scale) if hgen and fold_scale else 1.0, LINEAR=linear, FOLD=rf, FOLDC=fold_order == "chunks",
+        HVAL=float(plan.scale) if hgen and fold_scale else 1.0, LINEAR=linear, FOLD=rf, FOLDC=fold_order == "chunks", PDL=use_pdl,
         enable_fp_fusion=False, **extra)
     return amax if mode == 1 else gso
 
@@ -782,7 +844,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
                     mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
                     f2fp: bool | None = None, row_step: int | None = None, split: bool | None = None,
                     gen_matrix: bool | None = None, walk: str | None = None, row_fold: int | None = None,
-                    fold_order: str | None = None):
+                    fold_order: str | None = None, pdl: bool | None = None):
     """Fused rotation + FP4 quantization; see the module docstring. ``global_scale`` (NVFP4):
     the fp32 encode scale to use; None computes it from the rotated input (an extra amax pass).
     A float or CPU tensor is checked here (finite, > 0); a CUDA tensor is used as is, without a
@@ -804,7 +866,9 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
     times F adjacent tile-widths of columns (same matrix-unit work, longer row segments per load and
     store; 1 = block_m rows of one tile width); ``fold_order``: "rows" (the default: consecutive
     tile rows are consecutive input rows) or "chunks" (consecutive tile rows are adjacent chunks of
-    one input row)."""
+    one input row); ``pdl``: programmatic dependent launch (sm_90+, see _rotq_kernel): False (off),
+    "start" / "end" / "exit" (where each program lets the next kernel in the stream launch), True
+    (the launch's own choice, see ``DEFAULT_LAUNCH``); None: the launch's default."""
     if output not in _OUTPUTS:
         raise ValueError(f"output must be one of {list(_OUTPUTS)}, got {output!r}")
     if output in ("fake", "packed"):
@@ -822,7 +886,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
     M = x2.shape[0]
     launch = dict(block_m=block_m, num_warps=num_warps, waves=waves, stages=stages, mma_order=mma_order, maxnreg=maxnreg,
                   fma_codes=fma_codes, f2fp=f2fp, row_step=row_step, split=split,
-                  gen_matrix=gen_matrix, walk=walk, row_fold=row_fold, fold_order=fold_order)
+                  gen_matrix=gen_matrix, walk=walk, row_fold=row_fold, fold_order=fold_order, pdl=pdl)
     if output == "rotated":
         out = torch.empty_like(x2)
         _launch(x2, plan, spec, 0, out=out, **launch)

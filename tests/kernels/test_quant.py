@@ -300,3 +300,59 @@ def test_split_hadamard_128_gives_the_same_bytes(dev, name, dtype):
         rp, rs = qt.pack()
         assert torch.equal(pk, rp) and torch.equal(sb, rs)
         assert torch.equal(_bits(fake), _bits(qt.dequantize()))
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_pdl_chain_reads_only_what_the_previous_kernel_finished(dev, name):
+    """Programmatic dependent launch (``pdl=True``): each call lets the next kernel launch at once and
+    waits for the previous one before it touches memory. A chain on one stream in which every call
+    reads what the one before wrote -- rotated (into a fresh buffer), rotated again, fake quant, packed
+    codes, with the had128 split and the NVFP4 global scale of an amax pass; the next kernel let
+    launch at each program's start, end (the default) or exit -- gives, without any
+    synchronisation, the bytes of the same chain launched without PDL (a load issued before the
+    wait would read a buffer still being written). Launching with PDL after any other kernel
+    changes nothing either. GPU only (the interpreter has no grid dependency control)."""
+    if interp():
+        pytest.skip("GPU only: programmatic dependent launch")
+    from fpq_core.kernels.quant import rotate_quantize
+    from fpq_core.transforms import get_transform
+    spec = _spec(name)
+    x = _x(8192, 4096, torch.bfloat16, dev, seed=41)
+    for n in (spec.group_size, 128):
+        t = get_transform("hadamard", size=n)
+
+        def chain(c, pdl):
+            # two programs per SM walking all tiles: every program runs at once and leaves room on its
+            # SM, so the next kernel's programs can start beside it; that kernel reads y1 as (16384,
+            # 2048), so its programs read rows that other programs of the first one write
+            y1 = rotate_quantize(x * c, spec, t, "rotated", pdl=pdl, walk="linear", waves=2)   # x * c: torch first
+            y2 = rotate_quantize(y1.view(16384, 2048), spec, t, "rotated", pdl=pdl, walk="linear", waves=2)
+            fake = rotate_quantize(y2.view(8192, 4096), spec, t, "fake", pdl=pdl)  # NVFP4: amax pass, then quantize
+            pk, sb, gs = rotate_quantize(fake, spec, t, "packed", pdl=pdl)
+            return y1, y2, fake, pk, sb, gs
+
+        # each chain on other values (x * c), so that a read of a buffer the allocator handed back
+        # before the previous call wrote it would see the last chain's bytes, not these
+        for c, pdl in ((1.5, True), (-3.0, "start"), (0.375, "end"), (6.0, "exit"), (-0.75, "start")):
+            torch.cuda._sleep(20_000_000)      # the GPU busy while Python queues the chain: back-to-back kernels
+            got = chain(c, pdl)
+            ref = chain(c, False)
+            for a, b in zip(got, ref):
+                assert torch.equal(a.view(torch.uint8), b.view(torch.uint8)), (name, n, c, pdl)
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_pdl_option_is_checked_and_changes_no_byte(dev, name):
+    """``pdl``: every accepted value gives the bytes of ``pdl=False`` (on a GPU before sm_90 and in
+    the interpreter PDL is simply not used); anything else is an error naming the choices."""
+    from fpq_core.kernels.quant import rotate_quantize
+    from fpq_core.transforms import get_transform
+    spec = _spec(name)
+    t = get_transform("hadamard", size=spec.group_size)
+    x = _x(70, 512, torch.bfloat16, dev, seed=43)
+    ref = rotate_quantize(x, spec, t, "packed", pdl=False)
+    for pdl in (None, True, "start", "end", "exit"):
+        pk, sb, gs = rotate_quantize(x, spec, t, "packed", pdl=pdl)
+        assert torch.equal(pk, ref[0]) and torch.equal(sb, ref[1]) and torch.equal(gs, ref[2]), pdl
+    with pytest.raises(ValueError, match="pdl must be True, False, 'start', 'end' or 'exit'"):
+        rotate_quantize(x, spec, t, "rotated", pdl="early")
