@@ -14,7 +14,9 @@ loaded -- and quantizes them in registers; a 128-column Hadamard tile is rotated
 halves (same sums, half the registers); a tile's 64 rows are 64/F input rows x F adjacent tile
 widths (``row_fold``, F = 32 where K allows: longer row segments per load and store); programs walk
 the tiles by rows of one column tile or linearly over all tiles (``launch_defaults``, from the
-H100 sweeps in docs/performance.md).
+H100 sweeps in docs/performance.md). On sm_90+ it is launched with programmatic dependent launch:
+its launch and set-up overlap the previous kernel's end, and it touches memory only after that
+kernel has completed (``pdl``).
 
 The packed codes are computed on the FMA pipe (``_common.e2m1_index_f``: the E2M1 index as the
 minimum of three float roundings; bit 3 by one saturated FMA; eight codes to an int32 word by
