@@ -129,6 +129,52 @@ def count_loop(kernel, fmt: str, fma_codes: bool = True, even: bool = True, f2fp
     return cnt, pipes, bm * T / (32 * nw)
 
 
+_GLOBAL = ("LDG", "LDGSTS", "STG", "ATOMG", "ATOM", "RED", "LD", "ST")     # global (and generic) memory
+
+
+def _instructions(sass: str) -> list:
+    out = []
+    for line in sass.splitlines():
+        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_.]+)(.*)", line)
+        if m:
+            out.append((int(m.group(1), 16), m.group(3).split(".")[0], m.group(4)))
+    return out
+
+
+def pdl_order(kernel, fmt: str, mode: int = 3, split: bool = False, gen: bool = True, pdl: int = 1) -> dict:
+    """Where programmatic dependent launch's two instructions sit in ``kernel``'s sm_90 SASS, for the
+    packed (``mode`` 3), fake (2) or rotated (0) output, the had128 split, a built (``gen``) or loaded
+    rotation matrix, and trigger ``pdl`` (0 off, 1 start, 2 after the last tile, 3 exit): indices of
+    griddepcontrol.wait (ACQBULK), of griddepcontrol.launch_dependents (PREEXIT), of the first
+    global memory instruction, and the end of the loop over tiles (its longest backward branch)."""
+    from fpq_core.kernels.quant import (DEFAULT_LAUNCH, MX_PACKED_LAUNCH, NV_LAUNCH, NV_PACKED_LAUNCH, NV_SPLIT_LAUNCH,
+                                        SPLIT_LAUNCH)
+    nv = fmt == "nvfp4"
+    if split:
+        launch = NV_SPLIT_LAUNCH if nv and mode >= 2 else SPLIT_LAUNCH
+    elif mode == 3:
+        launch = NV_PACKED_LAUNCH if nv else MX_PACKED_LAUNCH
+    else:
+        launch = NV_LAUNCH if nv and mode >= 2 else DEFAULT_LAUNCH
+    T, TO = (128, 64) if split else (64, 64)
+    n = 128 if split else (16 if nv else 32)
+    c = dict(T=T, TO=TO, G=16 if nv else 32, BM=launch["block_m"], HAS_ROT=True, DOT_LOWP=True,
+             POST_SCALE=gen and n in (32, 128), MODE=mode, IS_NV=nv, IS_BF16=True, HW_ROUND=True,
+             MX_MUL=not nv, NV_FMA=nv and mode >= 2, PERM=True, ROWP=True, NW=launch["num_warps"], FCODE=True,
+             EVEN=True, STAGES=launch["stages"], ITERS_C=0, F2FP=True, HGEN=n if gen else 0,
+             HVAL=0.25 if (gen and n == 16) else 1.0, LINEAR=launch["walk"] == "linear", FOLD=launch["row_fold"],
+             FOLDC=False, PDL=pdl)
+    ins = _instructions(_sass(kernel, c, launch["num_warps"], launch["maxnreg"] if TO <= 64 else None))
+    ops = [op for _, op, _ in ins]
+    loops = [(int(t.group(1), 16), a) for a, op, rest in ins if op == "BRA"
+             for t in [re.search(r"0x([0-9a-f]+)", rest)] if t and int(t.group(1), 16) < a]
+    lo, hi = max(loops, key=lambda p: p[1] - p[0])
+    return {"wait": [i for i, op in enumerate(ops) if op == "ACQBULK"],
+            "trigger": [i for i, op in enumerate(ops) if op == "PREEXIT"],
+            "first_global": next(i for i, op in enumerate(ops) if op in _GLOBAL),
+            "loop_end": next(i for i, (a, _, _) in enumerate(ins) if a == hi), "n": len(ops)}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")

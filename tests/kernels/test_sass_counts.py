@@ -46,3 +46,31 @@ def test_bf16_rounding_by_f2fp_leaves_the_conversion_unit(nv):
     assert cnt_off["F2F"] >= 32 and cnt_on["F2F"] <= cnt_off["F2F"] - 32, (cnt_on, cnt_off)
     assert pipes_on["xu"] <= pipes_off["xu"] - 32
     assert total_on <= total_off
+
+
+@pytest.mark.parametrize("nv", [False, True])
+@pytest.mark.parametrize("mode,split,gen,pdl", [(3, False, True, 0), (3, False, True, 1), (3, False, True, 2),
+                                                (3, True, True, 1), (2, False, True, 2), (0, False, True, 3),
+                                                (3, False, False, 1)])
+def test_pdl_waits_before_any_global_access(nv, mode, split, gen, pdl):
+    """Programmatic dependent launch, in the sm_90 SASS of the kernel as it is: the wait for the
+    previous kernel (ACQBULK) comes before the first global load or store -- for packed codes,
+    fake quant and rotated output, the had128 split, a built or a loaded matrix -- and the next
+    kernel is let launch (PREEXIT) once: before the wait for the trigger "start", after the loop
+    over tiles for "end", not at all (the exit does it) for "exit"; without PDL neither is there."""
+    from benchmarks.sass_quant_kernel import pdl_order
+    from fpq_core.kernels.quant import _rotq_kernel
+    try:
+        o = pdl_order(_rotq_kernel, "nvfp4" if nv else "mxfp4", mode=mode, split=split, gen=gen, pdl=pdl)
+    except FileNotFoundError as e:          # a triton without its bundled cuobjdump
+        pytest.skip(f"cuobjdump not found: {e}")
+    if pdl == 0:
+        assert o["wait"] == [] and o["trigger"] == [], o
+        return
+    assert len(o["wait"]) == 1 and o["wait"][0] < o["first_global"], o
+    if pdl == 1:
+        assert len(o["trigger"]) == 1 and o["trigger"][0] < o["wait"][0], o
+    elif pdl == 2:
+        assert len(o["trigger"]) == 1 and o["trigger"][0] > o["loop_end"], o
+    else:
+        assert o["trigger"] == [], o
