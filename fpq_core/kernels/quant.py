@@ -43,6 +43,7 @@ the engine raises).
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -620,6 +621,23 @@ def last_launch_resources() -> dict:
             "shared": getattr(k.metadata, "shared", None)}
 
 
+def resolve_pdl(pdl, launch_default, env: str | None = None):
+    """The PDL trigger of a launch: False or "start" / "end" / "exit". ``pdl``: None (the launch's
+    default, unless the environment variable FPQ_PDL=0 -- ``env`` here, read from os.environ when
+    None -- switches PDL off for every launch that does not ask for it), True (the launch's own
+    trigger, "end" where it has none), False, or a trigger; anything else is an error."""
+    if pdl is None:
+        env = os.environ.get("FPQ_PDL", "1") if env is None else env
+        if env not in ("0", "1"):
+            raise ValueError(f"FPQ_PDL must be 0 or 1, got {env!r}")
+        pdl = launch_default if env == "1" else False
+    elif pdl is True:
+        pdl = launch_default or "end"
+    if pdl is not False and pdl not in ("start", "end", "exit"):
+        raise ValueError(f"pdl must be True, False, 'start', 'end' or 'exit', got {pdl!r}")
+    return pdl
+
+
 def _pdl_capable(device) -> bool:
     """Programmatic dependent launch (griddepcontrol) needs sm_90 or newer."""
     if device.type != "cuda":
@@ -816,12 +834,7 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
     # maxnreg=0: no cap (the compiler's choice)
     mr = (dflt["maxnreg"] if TO <= 64 and small else None) if maxnreg is None else (maxnreg or None)
     extra = {"maxnreg": mr} if mr and not interp else {}
-    if pdl is True:
-        pdl = dflt["pdl"] or "end"
-    elif pdl is None:
-        pdl = dflt["pdl"]
-    if pdl not in (False, "start", "end", "exit"):
-        raise ValueError(f"pdl must be True, False, 'start', 'end' or 'exit', got {pdl!r}")
+    pdl = resolve_pdl(pdl, dflt["pdl"])
     use_pdl = 0 if pdl is False or not _pdl_capable(x2.device) else {"start": 1, "end": 2, "exit": 3}[pdl]
     if use_pdl:
         extra["launch_pdl"] = True
@@ -870,7 +883,8 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
     tile rows are consecutive input rows) or "chunks" (consecutive tile rows are adjacent chunks of
     one input row); ``pdl``: programmatic dependent launch (sm_90+, see _rotq_kernel): False (off),
     "start" / "end" / "exit" (where each program lets the next kernel in the stream launch), True
-    (the launch's own choice, see ``DEFAULT_LAUNCH``); None: the launch's default."""
+    (the launch's own choice, see ``DEFAULT_LAUNCH``); None: the launch's default (off for every
+    call that leaves it None when the environment has FPQ_PDL=0)."""
     if output not in _OUTPUTS:
         raise ValueError(f"output must be one of {list(_OUTPUTS)}, got {output!r}")
     if output in ("fake", "packed"):

@@ -58,6 +58,24 @@ def test_launch_defaults_follow_the_sweeps():
     # every launch folds 32 tile widths into a 64-row tile (2 input rows) where K allows
     assert all(launch_defaults(nv, mode, sp, tiles(2048, 4096, 64), 132)["row_fold"] == 32
                for nv in (False, True) for mode in (0, 1, 2, 3) for sp in (False, True))
+    # programmatic dependent launch (--grid pdl): the next kernel let launch at the start where the
+    # programs fill the SM (NVFP4 packed codes, the had128 split), after the last tile elsewhere
+    assert nv["pdl"] == big["pdl"] == small["pdl"] == "start"
+    assert mx["pdl"] == nv_fake["pdl"] == launch_defaults(False, 0, False, tiles(2048, 4096, 64), 132)["pdl"] == "end"
+
+
+def test_pdl_choice_and_its_switch():
+    """pdl=None takes the launch's trigger unless FPQ_PDL=0; True the launch's (or "end"); a trigger
+    itself; anything else, and an FPQ_PDL other than 0/1, is an error naming the choices."""
+    from fpq_core.kernels.quant import resolve_pdl
+    assert resolve_pdl(None, "start", env="1") == "start" and resolve_pdl(None, "end", env="0") is False
+    assert resolve_pdl(True, "start", env="0") == "start" and resolve_pdl(True, False) == "end"
+    assert resolve_pdl(False, "start", env="1") is False and resolve_pdl("exit", "start", env="0") == "exit"
+    for bad in ("early", 1, 0, "START"):
+        with pytest.raises(ValueError, match="pdl must be True, False, 'start', 'end' or 'exit'"):
+            resolve_pdl(bad, "end", env="1")
+    with pytest.raises(ValueError, match="FPQ_PDL must be 0 or 1"):
+        resolve_pdl(None, "end", env="off")
 
 
 def test_split_plan_is_the_sylvester_block_and_its_negative():
