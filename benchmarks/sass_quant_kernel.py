@@ -12,7 +12,11 @@ The NVFP4 loop holds the fast path and the exact-division fallback of the global
 check; ``--hot`` counts the fast path alone by compiling a copy of the module in which that
 check is ``True`` and the fallback removed (the kernel itself is not changed).
 
-    python benchmarks/sass_quant_kernel.py [--hot] [--out DIR]
+    python benchmarks/sass_quant_kernel.py [--hot | --per-group-bound] [--out DIR]
+
+``--per-group-bound``: the NVFP4 hot loop against a copy whose per-group work (scale byte, scale,
+its reciprocal, the zero threshold) is replaced by one-instruction stand-ins -- wrong numerics,
+counted only: the most any cheaper per-group path could take off the loop.
 
 Prints one row per configuration (format, packed-code path on/off, unmasked variant on/off) and
 writes OUT/sass_quant_kernel.json. Instructions per element = loop instructions / (BM*T/threads).
@@ -52,18 +56,41 @@ def _pipe(op: str) -> str:
     return "other"
 
 
+def _hot_edit(src: str) -> str:
+    if _RANGE_CHECK not in src:
+        raise SystemExit("the global-scale range check was not found in quant.py; update _RANGE_CHECK")
+    a = src.index(_RANGE_CHECK)
+    b = src.index("            else:\n                s, sbyte = nv_scale(amax, g, True)", a)
+    end_marker = "                z = small_f(q, HW_ROUND)    # q = +-inf at worst here, never NaN\n"
+    e = src.index(end_marker, b) + len(end_marker)
+    return src[:a] + "            if True:\n" + src[a + len(_RANGE_CHECK):b] + src[e:]
+
+
 def _hot_module():
     """A copy of fpq_core.kernels.quant whose NVFP4 global-scale check is always true."""
-    def edit(src: str) -> str:
-        if _RANGE_CHECK not in src:
-            raise SystemExit("the global-scale range check was not found in quant.py; update _RANGE_CHECK")
-        a = src.index(_RANGE_CHECK)
-        b = src.index("            else:\n                s, sbyte = nv_scale(amax, g, True)", a)
-        end_marker = "                z = small_f(q, HW_ROUND)    # q = +-inf at worst here, never NaN\n"
-        e = src.index(end_marker, b) + len(end_marker)
-        return src[:a] + "            if True:\n" + src[a + len(_RANGE_CHECK):b] + src[e:]
+    return quant_module_copy(_hot_edit, "fpq_quant_hot")
 
-    return quant_module_copy(edit, "fpq_quant_hot")
+
+# NVFP4's work per group of 16 (scale byte, scale, 1/scale, the zero threshold), replaced by stand-ins
+# of one instruction each: WRONG numerics, for counting only (``--per-group-bound``)
+_PER_GROUP = (("                s, sbyte = nv_scale_fast(amax, g, rg, zbyte)\n",
+               "                s = amax * 0.16666\n                sbyte = (amax.to(tl.int32, bitcast=True) >> 20).to(tl.uint8)\n"),
+              ("                r = tl.div_rn(tl.full(s.shape, 1.0, tl.float32), s)\n", "                r = amax * 6.0\n"),
+              ("nv_small_threshold(s, kz)", "(amax * 0.25)"))
+
+
+def _per_group_free_module():
+    """The hot module with NVFP4's per-group work replaced by one-instruction stand-ins (wrong
+    numerics): how many loop instructions that work costs -- the most a cheaper per-group path
+    (e.g. a per-program table of scales by byte) could save."""
+    def edit(src: str) -> str:
+        src = _hot_edit(src)
+        for old, new in _PER_GROUP:
+            if old not in src:
+                raise SystemExit(f"{old.strip()!r} not found in quant.py; update _PER_GROUP")
+            src = src.replace(old, new)
+        return src
+    return quant_module_copy(edit, "fpq_quant_per_group_free")
 
 
 def _sass(kernel, constexprs: dict, num_warps: int, maxnreg: int | None) -> str:
@@ -179,7 +206,19 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--hot", action="store_true", help="NVFP4: count the fast path alone (see the module docstring)")
+    ap.add_argument("--per-group-bound", action="store_true",
+                    help="NVFP4: also count the hot loop with its per-group work replaced by one-instruction stand-ins")
     a = ap.parse_args(argv)
+    if a.per_group_bound:
+        hot, _, per = count_loop(_hot_module()._rotq_kernel, "nvfp4")
+        free, _, _ = count_loop(_per_group_free_module()._rotq_kernel, "nvfp4")
+        h, f = sum(hot.values()), sum(free.values())
+        print(f"nvfp4 had16 hot loop {h} instructions ({h / per:.2f}/element); per-group work replaced by stand-ins "
+              f"{f} ({f / per:.2f}/element): that work costs {h - f} ({100 * (h - f) / h:.1f}%)", flush=True)
+        write_json(a.out, "sass_quant_kernel_per_group_bound",
+                   {"device": {"gpu": "none (sm_90 SASS compiled on the CPU)"}, "hot_loop": h, "per_group_free_loop": f,
+                    "per_element": per, "opcodes_hot": dict(hot.most_common()), "opcodes_free": dict(free.most_common())})
+        return
     if a.hot:
         kernel = _hot_module()._rotq_kernel
     else:

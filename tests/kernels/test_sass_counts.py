@@ -74,3 +74,17 @@ def test_pdl_waits_before_any_global_access(nv, mode, split, gen, pdl):
         assert len(o["trigger"]) == 1 and o["trigger"][0] > o["loop_end"], o
     else:
         assert o["trigger"] == [], o
+
+
+def test_per_group_bound_counts_the_nvfp4_group_work():
+    """--per-group-bound: the NVFP4 hot loop with its per-group work (scale byte, scale, reciprocal,
+    zero threshold) replaced by one-instruction stand-ins is shorter, and still has every
+    per-element step (the Markstein correction's two FFMAs per element remain)."""
+    from benchmarks.sass_quant_kernel import _hot_module, _per_group_free_module, count_loop
+    try:
+        hot, _, per = count_loop(_hot_module()._rotq_kernel, "nvfp4")
+        free, _, _ = count_loop(_per_group_free_module()._rotq_kernel, "nvfp4")
+    except FileNotFoundError as e:
+        pytest.skip(f"cuobjdump not found: {e}")
+    assert sum(free.values()) < sum(hot.values())
+    assert free["FFMA"] >= 6 * per and hot["FP64" if "FP64" in hot else "DFMA"] > 0 and free["DFMA"] == 0
