@@ -86,26 +86,32 @@ try:  # GPU benchmarks only; CPU-only installs import this module without triton
             m = offs < n
             tl.store(dst + offs, tl.load(src + offs, mask=m), mask=m)
 
+    from triton.language.extra.cuda import gdc_launch_dependents
+
+    from fpq_core.kernels.quant import _gdc_wait
+
     @triton.jit
     def _copy_pdl(src, dst, n, BLOCK: tl.constexpr, TRIG: tl.constexpr):
-        """_copy for a launch with programmatic dependent launch: reads nothing before the previous
-        kernel has completed (griddepcontrol.wait) and lets the next kernel launch at its start
-        (``TRIG`` 1), at its end (2) or when it exits (3)."""
+        """_copy for a launch with programmatic dependent launch, as the quant kernel does it: reads
+        nothing before the previous kernel has completed (griddepcontrol.wait) and lets the next
+        kernel launch at its start (``TRIG`` 1), at its end (2) or when it exits (3)."""
         if TRIG == 1:
-            tl.inline_asm_elementwise("griddepcontrol.launch_dependents; mov.u32 $0, 0;", "=r", [], dtype=tl.int32,
-                                      is_pure=False, pack=1)
-        zero = tl.inline_asm_elementwise("griddepcontrol.wait; mov.u32 $0, 0;", "=r", [], dtype=tl.int32,
-                                         is_pure=False, pack=1)
-        pid = tl.program_id(0) + zero
+            gdc_launch_dependents()
+        pid = tl.program_id(0) + _gdc_wait(1)
         for start in range(pid * BLOCK, n, tl.num_programs(0) * BLOCK):
             offs = start + tl.arange(0, BLOCK)
             m = offs < n
             tl.store(dst + offs, tl.load(src + offs, mask=m), mask=m)
         if TRIG == 2:
-            tl.inline_asm_elementwise("griddepcontrol.launch_dependents; mov.u32 $0, 0;", "=r", [], dtype=tl.int32,
-                                      is_pure=False, pack=1)
+            gdc_launch_dependents()
 except ImportError:  # pragma: no cover
     triton = None
+
+
+def quant_bytes(M: int, K: int, group: int) -> int:
+    """Bytes the packed quant kernel moves for an (M, K) bf16 input: the input read once, the packed
+    codes (K/2 bytes a row) and the scale bytes (K/group) written."""
+    return M * K * 2 + M * K // 2 + M * K // group
 
 
 def _copy_setup(nbytes: int, n_inputs: int):

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks._common import (bench, bench_graph, copy_baselines, copy_graph_bandwidth, device_info,  # noqa: E402
+from benchmarks._common import (bench, bench_graph, copy_baselines, copy_graph_bandwidth, device_info, quant_bytes,  # noqa: E402
                                 soft, table, write_json)
 
 SHAPES = {"w_4096x4096": (4096, 4096), "w_14336x4096": (14336, 4096), "w_4096x14336": (4096, 14336),
@@ -84,7 +84,7 @@ def run_case(label, M, K, fmt, n, copy_bw, n_inputs, with_compile, with_eager):
     eng = t.apply(xs[0])
     mism_eng = float((y.view(torch.int16) != eng.view(torch.int16)).float().mean())
     del y, pk, sb, qt, rp, rs, tw, eng
-    nbytes = M * K * 2 + M * K // 2 + M * K // spec.group_size
+    nbytes = quant_bytes(M, K, spec.group_size)
     from benchmarks._quant_v1 import rotate_quantize_v1
     gs1 = gs if gs is not None else torch.tensor([1.0], device="cuda")
     pk1, sb1 = rotate_quantize_v1(xs[0], spec, plan, "packed", gs1)

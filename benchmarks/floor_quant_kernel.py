@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks._common import bench_graph, copy_baselines, device_info, table, write_json  # noqa: E402
+from benchmarks._common import bench_graph, copy_baselines, device_info, quant_bytes, table, write_json  # noqa: E402
 from benchmarks.bench_quant_kernels import SHAPES, input_sets  # noqa: E402
 
 try:  # GPU only
@@ -132,7 +132,7 @@ def main(argv=None):
     for name in [c for c in a.cases.split(",") if c]:
         M, K = SHAPES[name]
         xs = [torch.randn(M, K, device="cuda", dtype=torch.bfloat16) for _ in range(input_sets(M, K))]
-        nbytes = M * K * 2 + M * K // 2 + M * K // 32
+        nbytes = quant_bytes(M, K, 32)
         w = torch.empty(M, K // 8, dtype=torch.int32, device="cuda")
         s = torch.empty(M, K // 32, dtype=torch.uint8, device="cuda")
         for tile in a.tiles.split(","):
@@ -147,7 +147,7 @@ def main(argv=None):
             tr = get_transform("hadamard", size=rot)
             g = torch.tensor([100.0], device="cuda") if fmt == "nvfp4" else None
             ms = bench_graph(lambda x: rotate_quantize(x, spec, tr, "packed", global_scale=g), xs)
-            qbytes = M * K * 2 + M * K // 2 + M * K // spec.group_size
+            qbytes = quant_bytes(M, K, spec.group_size)
             gbps = qbytes / (ms * 1e-3) / 1e9
             rows.append({"case": name, "kernel": f"quant {fmt} had{rot}", "tile": "default", "walk": "default",
                          "waves": None, "stages": None, "us": ms * 1e3, "GBps": gbps, "pct_copy": 100 * gbps * 1e9 / copy})

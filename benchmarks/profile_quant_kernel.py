@@ -33,12 +33,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import quant_module_copy, table, write_json  # noqa: E402
+from benchmarks._common import quant_bytes, quant_module_copy, table, write_json  # noqa: E402
 
 DEFAULT_CASES = ("2048x4096:nvfp4:16,2048x4096:mxfp4:32,4096x4096:nvfp4:16,4096x4096:mxfp4:32,"
                  "14336x4096:nvfp4:16,14336x4096:mxfp4:32,8192x14336:nvfp4:16")
 
-_START = "    if PDL == 1:\n        _gdc_launch_dependents()\n"     # the kernel's first statement
+_START = "    if PDL == 1:\n        gdc_launch_dependents()\n"     # the kernel's first statement
 _END = "    if MODE == 1:\n        tl.store(amax_ptr + pid,"
 _HELPERS = '''
 
@@ -193,7 +193,7 @@ def _child(cases):
     n_sms = torch.cuda.get_device_properties(0).multi_processor_count
     for M, K, fmt, rot, cv in cases:
         spec, t, xs, gs, plan = _setup(M, K, fmt, rot, n_inputs=1)
-        nbytes = M * K * 2 + M * K // 2 + M * K // spec.group_size
+        nbytes = quant_bytes(M, K, spec.group_size)
         src = torch.empty(nbytes // 4, dtype=torch.bfloat16, device="cuda").normal_()
         dst = torch.empty_like(src)
         fq = (lambda xs=xs, spec=spec, t=t, gs=gs, plan=plan, cv=cv:

@@ -65,7 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks._common import bench_graph, copy_baselines, device_info, write_json  # noqa: E402
+from benchmarks._common import bench_graph, copy_baselines, copy_graph_bandwidth, device_info, quant_bytes, write_json  # noqa: E402
 from benchmarks.bench_quant_kernels import SHAPES, input_sets  # noqa: E402
 
 
@@ -104,7 +104,7 @@ def main(argv=None):
             t = get_transform("hadamard", size=n)
             g = torch.tensor([100.0], device="cuda") if fmt == "nvfp4" else None
             ref = rotate_quantize(xs[0], spec, t, "packed", global_scale=g)
-            nbytes = M * K * 2 + M * K // 2 + M * K // spec.group_size
+            nbytes = quant_bytes(M, K, spec.group_size)
             best = None
             for bm, tile, nw, st, mr, fc, cv, waves_list, *more in _grid(grid_name, fmt):
                 ext = more[0] if more else {}           # further launch options (split, gen_matrix)
@@ -150,8 +150,7 @@ def main(argv=None):
                   + f" (regs {best.get('n_regs')}, smem {best.get('shared')}): {best['ms'] * 1e3:.1f} us, "
                   f"{best['GBps']:.0f} GB/s = {best['pct_copy']:.0f}% of copy ({copy / 1e9:.0f} GB/s){extra}", flush=True)
         if grid_name == "pdl":          # the like-for-like ceilings: copies of the kernel's byte count
-            from benchmarks._common import copy_graph_bandwidth
-            nb = ((M * K * 2 + M * K // 2 + M * K // 32) // 2) & ~15
+            nb = (quant_bytes(M, K, 32) // 2) & ~15
             for trig in (False, 1, 2, 3):
                 bw = copy_graph_bandwidth(nb, len(xs), pdl=trig)
                 rows.append({"case": name, "fmt": "copy", "pdl": trig, "GBps": bw / 1e9, "pct_copy": 100 * bw / copy})

@@ -48,6 +48,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents
 
 from fpq_core.formats.quantize import global_encode_scale, quantize
 from fpq_core.formats.spec import QuantSpec
@@ -461,18 +462,11 @@ def _sylvester_tile(R: tl.constexpr, N: tl.constexpr, PERM: tl.constexpr, V: tl.
 
 
 @triton.jit
-def _gdc_launch_dependents():
-    """griddepcontrol.launch_dependents: the next kernel in the stream (if launched with PDL) may
-    launch; a no-op otherwise."""
-    tl.inline_asm_elementwise("griddepcontrol.launch_dependents; mov.u32 $0, 0;", "=r", [], dtype=tl.int32,
-                              is_pure=False, pack=1)
-
-
-@triton.jit
 def _gdc_wait(PDL: tl.constexpr):
     """0, returned by the instruction after griddepcontrol.wait (which waits for the previous kernel in
     the stream to complete and its writes to be visible) where ``PDL``: callers add it to their
-    addresses, so that no load or store can be scheduled before the wait."""
+    addresses, so that no load or store can be scheduled before the wait (Triton's own gdc_wait
+    returns nothing to depend on)."""
     if PDL > 0:
         return tl.inline_asm_elementwise("griddepcontrol.wait; mov.u32 $0, 0;", "=r", [], dtype=tl.int32,
                                          is_pure=False, pack=1)
@@ -512,7 +506,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
     kernel's programs may then take free slots and do their set-up while this one runs), after its
     last tile (2), or when it exits (3)."""
     if PDL == 1:
-        _gdc_launch_dependents()
+        gdc_launch_dependents()
     kk = tl.arange(0, TO)
     if HAS_ROT:
         if HGEN > 0:
@@ -593,7 +587,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
                                  stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
                                  HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD, FOLDC)
     if PDL == 2:
-        _gdc_launch_dependents()
+        gdc_launch_dependents()
     if MODE == 1:
         tl.store(amax_ptr + pid, tl.max(tl.max(run_max, axis=1), axis=0))
     if (MODE == 3) and (not IS_NV):
@@ -717,8 +711,8 @@ def grid_stride(row_blocks: int, tiles_k: int, sms: int, waves: int, small_waves
 # launch at each program's "end" or "start" (``sweep_quant_kernel.py --grid pdl``, ninth session, H100,
 # three runs each, against no PDL: "end" +0.2 to +2.2 points everywhere; "start" +0.7 to +3.5 where the
 # programs fill the SM -- NVFP4's register cap, the had128 split's shared memory -- and 12 to 20
-# points slower for MXFP4 packed codes, whose SMs keep room for the next kernel's programs, which
-# then take it early).
+# points slower for MXFP4 packed codes, whose SMs keep room for the next kernel's programs (our
+# reading, not profiled: they take it early)).
 DEFAULT_LAUNCH = {"block_m": 64, "num_warps": 4, "waves": 16, "stages": 3, "maxnreg": None, "small_waves": 4,
                   "walk": "rows", "row_fold": 32, "pdl": "end"}
 NV_LAUNCH = dict(DEFAULT_LAUNCH, maxnreg=96)     # NVFP4: a 96-register cap gave 1-3% (64-column bf16 tiles)
@@ -757,7 +751,7 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
             mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
             f2fp: bool | None = None, row_step: int | None = None, split: bool | None = None,
             gen_matrix: bool | None = None, walk: str | None = None, row_fold: int | None = None,
-            fold_order: str | None = None, pdl: bool | None = None):
+            fold_order: str | None = None, pdl: bool | str | None = None):
     """Launch the persistent kernel. MODE 1 returns its partial maxima (one per program, in a
     buffer allocated here); MODE 3 with an MX format returns the global scale the kernel copied
     from ``gs`` into a tensor allocated here (so the caller's constant is never handed out); the
@@ -859,7 +853,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
                     mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
                     f2fp: bool | None = None, row_step: int | None = None, split: bool | None = None,
                     gen_matrix: bool | None = None, walk: str | None = None, row_fold: int | None = None,
-                    fold_order: str | None = None, pdl: bool | None = None):
+                    fold_order: str | None = None, pdl: bool | str | None = None):
     """Fused rotation + FP4 quantization; see the module docstring. ``global_scale`` (NVFP4):
     the fp32 encode scale to use; None computes it from the rotated input (an extra amax pass).
     A float or CPU tensor is checked here (finite, > 0); a CUDA tensor is used as is, without a
