@@ -2,8 +2,8 @@
 
     python benchmarks/pdl_race_check.py --out DIR [--runs 20]
 
-``tests/kernels/test_quant.py::test_pdl_chain_reads_only_what_the_previous_kernel_finished`` runs a
-chain of fused-quant calls launched with programmatic dependent launch (the first two with two
+``tests/kernels/test_quant.py::test_pdl_chain_reads_only_what_the_previous_kernel_finished`` runs
+``pdl_chain`` below: a chain of fused-quant calls launched with programmatic dependent launch (the first two with two
 resident programs per SM, the second reading the first's output with another tiling), each reading what the one
 before wrote, and compares the bytes with the same chain launched without PDL. This script runs
 that chain ``--runs`` times (``pdl="start"``: every call lets the next one launch at once, the
@@ -37,6 +37,20 @@ def _no_wait_module():
     return quant_module_copy(edit, "fpq_quant_no_wait")
 
 
+def pdl_chain(rq, x, spec, t, c, pdl):
+    """The chain of four calls of ``rq`` (a ``rotate_quantize``), each reading what the one before
+    wrote, on x * c (a torch kernel first), launched with ``pdl``. The first two run two programs per
+    SM walking all tiles: every program runs at once and leaves room on its SM, so the next kernel's
+    programs can start beside it; the second reads y1 as (16384, 2048), so its programs read rows
+    that other programs of the first one write. Then fake quant (NVFP4: an amax pass first) and
+    packed codes. Returns every output."""
+    y1 = rq(x * c, spec, t, "rotated", pdl=pdl, walk="linear", waves=2)
+    y2 = rq(y1.view(16384, 2048), spec, t, "rotated", pdl=pdl, walk="linear", waves=2)
+    fake = rq(y2.view(8192, 4096), spec, t, "fake", pdl=pdl)
+    pk, sb, gs = rq(fake, spec, t, "packed", pdl=pdl)
+    return y1, y2, fake, pk, sb, gs
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
@@ -54,18 +68,12 @@ def main(argv=None):
         for n in (spec.group_size, 128):
             t = get_transform("hadamard", size=n)
             for label, rq in variants.items():
-                def chain(c, pdl):
-                    y1 = rq(x * c, spec, t, "rotated", pdl=pdl, walk="linear", waves=2)
-                    y2 = rq(y1.view(16384, 2048), spec, t, "rotated", pdl=pdl, walk="linear", waves=2)
-                    fake = rq(y2.view(8192, 4096), spec, t, "fake", pdl=pdl)
-                    pk, sb, gs = rq(fake, spec, t, "packed", pdl=pdl)
-                    return y1, y2, fake, pk, sb, gs
                 bad = 0
                 for r in range(a.runs):        # other values each run: a stale buffer holds the last run's bytes
                     c = (1.0 + r) * (-1) ** r
                     torch.cuda._sleep(20_000_000)    # the GPU busy while Python queues the chain
-                    got = chain(c, "start")
-                    ref = chain(c, False)
+                    got = pdl_chain(rq, x, spec, t, c, "start")
+                    ref = pdl_chain(rq, x, spec, t, c, False)
                     bad += any(not torch.equal(u.view(torch.uint8), v.view(torch.uint8)) for u, v in zip(got, ref))
                 rows.append({"format": fmt, "rot": n, "variant": label, "runs": a.runs, "runs_differing": bad})
                 print(f"{fmt} had{n} {label}: {bad} of {a.runs} PDL chains differ from the chain without PDL", flush=True)

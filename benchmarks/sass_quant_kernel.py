@@ -118,48 +118,8 @@ def _sass(kernel, constexprs: dict, num_warps: int, maxnreg: int | None) -> str:
         os.unlink(f.name)
 
 
-def loop_counts(sass: str) -> collections.Counter:
-    """Opcode counts of the longest backward branch's body (the loop over row blocks)."""
-    ins = []
-    for line in sass.splitlines():
-        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_.]+)(.*)", line)
-        if m:
-            ins.append((int(m.group(1), 16), m.group(3).split(".")[0], m.group(4)))
-    loops = []
-    for addr, op, rest in ins:
-        t = re.search(r"0x([0-9a-f]+)", rest) if op == "BRA" else None
-        if t and int(t.group(1), 16) < addr:
-            loops.append((int(t.group(1), 16), addr))
-    if not loops:
-        raise SystemExit("no loop found in the SASS")
-    lo, hi = max(loops, key=lambda p: p[1] - p[0])
-    return collections.Counter(op for addr, op, _ in ins if lo <= addr <= hi)
-
-
-def count_loop(kernel, fmt: str, fma_codes: bool = True, even: bool = True, f2fp: bool = True):
-    """(loop opcode counts, counts by pipe, elements per thread per tile) of ``kernel`` compiled
-    for packed bf16 output with a 64-column tile and the format's default launch."""
-    from fpq_core.kernels.quant import MX_PACKED_LAUNCH, NV_PACKED_LAUNCH
-    nv = fmt == "nvfp4"
-    launch = NV_PACKED_LAUNCH if nv else MX_PACKED_LAUNCH
-    bm, nw, T = launch["block_m"], launch["num_warps"], 64
-    c = dict(T=T, TO=T, G=16 if nv else 32, BM=bm, HAS_ROT=True, DOT_LOWP=True, POST_SCALE=not nv, MODE=3,
-             IS_NV=nv, IS_BF16=True, HW_ROUND=True, MX_MUL=not nv, NV_FMA=nv, PERM=True, ROWP=True,
-             NW=nw, FCODE=fma_codes, EVEN=even, STAGES=launch["stages"], ITERS_C=0, F2FP=f2fp,
-             HGEN=16 if nv else 32, HVAL=0.25 if nv else 1.0,     # the Hadamard built in the kernel, as launched
-             LINEAR=launch["walk"] == "linear", FOLD=launch["row_fold"], FOLDC=False,   # the default fold order
-             PDL=0)     # (no programmatic dependent launch: its two instructions sit outside the loop)
-    cnt = loop_counts(_sass(kernel, c, nw, launch["maxnreg"]))
-    pipes = collections.Counter()
-    for op, n in cnt.items():
-        pipes[_pipe(op)] += n
-    return cnt, pipes, bm * T / (32 * nw)
-
-
-_GLOBAL = ("LDG", "LDGSTS", "STG", "ATOMG", "ATOM", "RED", "LD", "ST")     # global (and generic) memory
-
-
 def _instructions(sass: str) -> list:
+    """(address, opcode, operands) of every SASS instruction."""
     out = []
     for line in sass.splitlines():
         m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_.]+)(.*)", line)
@@ -168,34 +128,70 @@ def _instructions(sass: str) -> list:
     return out
 
 
+def _longest_loop(ins: list) -> tuple[int, int]:
+    """(first, last address) of the longest backward branch's body: the loop over row blocks."""
+    loops = []
+    for addr, op, rest in ins:
+        t = re.search(r"0x([0-9a-f]+)", rest) if op == "BRA" else None
+        if t and int(t.group(1), 16) < addr:
+            loops.append((int(t.group(1), 16), addr))
+    if not loops:
+        raise SystemExit("no loop found in the SASS")
+    return max(loops, key=lambda p: p[1] - p[0])
+
+
+def loop_counts(sass: str) -> collections.Counter:
+    """Opcode counts of the longest backward branch's body (the loop over row blocks)."""
+    ins = _instructions(sass)
+    lo, hi = _longest_loop(ins)
+    return collections.Counter(op for addr, op, _ in ins if lo <= addr <= hi)
+
+
+def _compile(kernel, fmt: str, mode: int = 3, split: bool = False, gen: bool = True, **over) -> tuple[str, int, int]:
+    """(sm_90 SASS, block_m, warps) of ``kernel`` for bf16 input with the format's default launch
+    (``quant.launch_defaults`` for a small input) in output ``mode``, the had128 split or a 64-column
+    tile with the format's group-size rotation, the Hadamard built (``gen``) or loaded; ``over``
+    replaces constexprs (FCODE, EVEN, F2FP, PDL, ...). The default fold order, no PDL."""
+    from fpq_core.kernels.quant import launch_defaults
+    nv = fmt == "nvfp4"
+    launch = launch_defaults(nv, mode, split, 0, 132)
+    T, TO = (128, 64) if split else (64, 64)
+    n = 128 if split else (16 if nv else 32)
+    c = dict(T=T, TO=TO, G=16 if nv else 32, BM=launch["block_m"], HAS_ROT=True, DOT_LOWP=True,
+             POST_SCALE=gen and n in (32, 128), MODE=mode, IS_NV=nv, IS_BF16=True, HW_ROUND=True,
+             MX_MUL=not nv, NV_FMA=nv and mode >= 2, PERM=True, ROWP=True, NW=launch["num_warps"], FCODE=True,
+             EVEN=True, STAGES=launch["stages"], ITERS_C=0, F2FP=True,
+             HGEN=n if gen else 0, HVAL=0.25 if (gen and n == 16) else 1.0,     # the Hadamard built, as launched
+             LINEAR=launch["walk"] == "linear", FOLD=launch["row_fold"], FOLDC=False, PDL=0)
+    c.update(over)
+    nw = launch["num_warps"]
+    return _sass(kernel, c, nw, launch["maxnreg"] if TO <= 64 else None), launch["block_m"], nw
+
+
+def count_loop(kernel, fmt: str, fma_codes: bool = True, even: bool = True, f2fp: bool = True):
+    """(loop opcode counts, counts by pipe, elements per thread per tile) of ``kernel`` compiled
+    for packed bf16 output with a 64-column tile and the format's default launch (no PDL: its two
+    instructions sit outside the loop)."""
+    sass, bm, nw = _compile(kernel, fmt, FCODE=fma_codes, EVEN=even, F2FP=f2fp)
+    cnt = loop_counts(sass)
+    pipes = collections.Counter()
+    for op, n in cnt.items():
+        pipes[_pipe(op)] += n
+    return cnt, pipes, bm * 64 / (32 * nw)
+
+
+_GLOBAL = ("LDG", "LDGSTS", "STG", "ATOMG", "ATOM", "RED", "LD", "ST")     # global (and generic) memory
+
+
 def pdl_order(kernel, fmt: str, mode: int = 3, split: bool = False, gen: bool = True, pdl: int = 1) -> dict:
     """Where programmatic dependent launch's two instructions sit in ``kernel``'s sm_90 SASS, for the
     packed (``mode`` 3), fake (2) or rotated (0) output, the had128 split, a built (``gen``) or loaded
     rotation matrix, and trigger ``pdl`` (0 off, 1 start, 2 after the last tile, 3 exit): indices of
     griddepcontrol.wait (ACQBULK), of griddepcontrol.launch_dependents (PREEXIT), of the first
     global memory instruction, and the end of the loop over tiles (its longest backward branch)."""
-    from fpq_core.kernels.quant import (DEFAULT_LAUNCH, MX_PACKED_LAUNCH, NV_LAUNCH, NV_PACKED_LAUNCH, NV_SPLIT_LAUNCH,
-                                        SPLIT_LAUNCH)
-    nv = fmt == "nvfp4"
-    if split:
-        launch = NV_SPLIT_LAUNCH if nv and mode >= 2 else SPLIT_LAUNCH
-    elif mode == 3:
-        launch = NV_PACKED_LAUNCH if nv else MX_PACKED_LAUNCH
-    else:
-        launch = NV_LAUNCH if nv and mode >= 2 else DEFAULT_LAUNCH
-    T, TO = (128, 64) if split else (64, 64)
-    n = 128 if split else (16 if nv else 32)
-    c = dict(T=T, TO=TO, G=16 if nv else 32, BM=launch["block_m"], HAS_ROT=True, DOT_LOWP=True,
-             POST_SCALE=gen and n in (32, 128), MODE=mode, IS_NV=nv, IS_BF16=True, HW_ROUND=True,
-             MX_MUL=not nv, NV_FMA=nv and mode >= 2, PERM=True, ROWP=True, NW=launch["num_warps"], FCODE=True,
-             EVEN=True, STAGES=launch["stages"], ITERS_C=0, F2FP=True, HGEN=n if gen else 0,
-             HVAL=0.25 if (gen and n == 16) else 1.0, LINEAR=launch["walk"] == "linear", FOLD=launch["row_fold"],
-             FOLDC=False, PDL=pdl)
-    ins = _instructions(_sass(kernel, c, launch["num_warps"], launch["maxnreg"] if TO <= 64 else None))
+    ins = _instructions(_compile(kernel, fmt, mode, split, gen, PDL=pdl)[0])
     ops = [op for _, op, _ in ins]
-    loops = [(int(t.group(1), 16), a) for a, op, rest in ins if op == "BRA"
-             for t in [re.search(r"0x([0-9a-f]+)", rest)] if t and int(t.group(1), 16) < a]
-    lo, hi = max(loops, key=lambda p: p[1] - p[0])
+    _, hi = _longest_loop(ins)
     return {"wait": [i for i, op in enumerate(ops) if op == "ACQBULK"],
             "trigger": [i for i, op in enumerate(ops) if op == "PREEXIT"],
             "first_global": next(i for i, op in enumerate(ops) if op in _GLOBAL),

@@ -314,29 +314,19 @@ def test_pdl_chain_reads_only_what_the_previous_kernel_finished(dev, name):
     changes nothing either. GPU only (the interpreter has no grid dependency control)."""
     if interp():
         pytest.skip("GPU only: programmatic dependent launch")
+    from benchmarks.pdl_race_check import pdl_chain
     from fpq_core.kernels.quant import rotate_quantize
     from fpq_core.transforms import get_transform
     spec = _spec(name)
     x = _x(8192, 4096, torch.bfloat16, dev, seed=41)
     for n in (spec.group_size, 128):
         t = get_transform("hadamard", size=n)
-
-        def chain(c, pdl):
-            # two programs per SM walking all tiles: every program runs at once and leaves room on its
-            # SM, so the next kernel's programs can start beside it; that kernel reads y1 as (16384,
-            # 2048), so its programs read rows that other programs of the first one write
-            y1 = rotate_quantize(x * c, spec, t, "rotated", pdl=pdl, walk="linear", waves=2)   # x * c: torch first
-            y2 = rotate_quantize(y1.view(16384, 2048), spec, t, "rotated", pdl=pdl, walk="linear", waves=2)
-            fake = rotate_quantize(y2.view(8192, 4096), spec, t, "fake", pdl=pdl)  # NVFP4: amax pass, then quantize
-            pk, sb, gs = rotate_quantize(fake, spec, t, "packed", pdl=pdl)
-            return y1, y2, fake, pk, sb, gs
-
         # each chain on other values (x * c), so that a read of a buffer the allocator handed back
         # before the previous call wrote it would see the last chain's bytes, not these
         for c, pdl in ((1.5, True), (-3.0, "start"), (0.375, "end"), (6.0, "exit"), (-0.75, "start")):
             torch.cuda._sleep(20_000_000)      # the GPU busy while Python queues the chain: back-to-back kernels
-            got = chain(c, pdl)
-            ref = chain(c, False)
+            got = pdl_chain(rotate_quantize, x, spec, t, c, pdl)
+            ref = pdl_chain(rotate_quantize, x, spec, t, c, False)
             for a, b in zip(got, ref):
                 assert torch.equal(a.view(torch.uint8), b.view(torch.uint8)), (name, n, c, pdl)
 
