@@ -75,7 +75,7 @@ def _hot_module():
 # of one instruction each: WRONG numerics, for counting only (``--per-group-bound``)
 _PER_GROUP = (("                s, sbyte = nv_scale_fast(amax, g, rg, zbyte)\n",
                "                s = amax * 0.16666\n                sbyte = (amax.to(tl.int32, bitcast=True) >> 20).to(tl.uint8)\n"),
-              ("                r = tl.div_rn(tl.full(s.shape, 1.0, tl.float32), s)\n", "                r = amax * 6.0\n"),
+              ("                r = rcp_rn(s)         # s in [2^-49, 2^49]: no range check needed\n", "                r = amax * 6.0\n"),
               ("nv_small_threshold(s, kz)", "(amax * 0.25)"))
 
 

@@ -284,6 +284,21 @@ def e2m1_code(q, y, SAT: tl.constexpr):
 # and pack it with integer multiply-adds (IMAD runs on the FMA pipe).
 
 @triton.jit
+def rcp_rn(s):
+    """RN(1/s), float32, for |s| in [2^-64, 2^64] (GPU only). ``tl.div_rn(1, s)`` compiles to
+    this sequence -- MUFU.RCP, a Newton step (two FFMAs), then the quotient's correction (two
+    FFMAs) -- plus FCHK, which sends operands whose exponents could under/overflow an
+    intermediate to a slow subroutine; in this range it never does, so the check, its branch and
+    the call's set-up (about a dozen instructions per NVFP4 group in the quant kernel's loop) are
+    dropped. Checked against ``tl.div_rn`` for every float32 mantissa at every exponent in the
+    range in tests/kernels/test_division_shortcuts.py."""
+    return tl.inline_asm_elementwise(
+        "{ .reg .f32 n, r, e; neg.f32 n, $1; rcp.approx.ftz.f32 r, $1; fma.rn.f32 e, n, r, 0f3F800000; "
+        "fma.rn.f32 r, r, e, r; fma.rn.f32 e, n, r, 0f3F800000; fma.rn.f32 $0, r, e, r; }",
+        "=f,f", [s], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
 def e2m1_index_f(m, SAT: tl.constexpr):
     """2^23 + the E2M1 index of RNE(m) for m >= 0 (a float32 whose low mantissa bits are the index),
     in three multiply-adds and two or three minima:

@@ -55,7 +55,7 @@ from fpq_core.formats.spec import QuantSpec
 
 from ._common import (div_markstein, e2m1_code, e2m1_index_f, e2m1_round, e4m3_byte, e4m3_rne, floor_log2, mx_scale,
                       nv_scale, nv_scale_fast, nv_small_f, nv_small_scale, nv_small_threshold, pack_codes_f, pow2i,
-                      bf16_round_hw, round_to_dtype, small_f)
+                      rcp_rn, bf16_round_hw, round_to_dtype, small_f)
 
 __all__ = ["rotate_quantize", "rotate_quantize_twin", "rotate_twin", "check_supported", "RotationPlan",
            "make_plan"]
@@ -375,7 +375,7 @@ def _rotq_epi(y, pid_m, pid_k, CH: tl.constexpr, out_ptr, pk_ptr, sb_ptr, g, rg,
             if (g >= 9.094947017729282e-13) & (g <= 1099511627776.0):
                 s, sbyte = nv_scale_fast(amax, g, rg, zbyte)
                 sb3 = tl.broadcast_to(s[:, :, None], (BM, NG, G))
-                r = tl.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
+                r = rcp_rn(s)         # s in [2^-49, 2^49]: no range check needed
                 q = div_markstein(y3, sb3, tl.broadcast_to(r[:, :, None], (BM, NG, G)))
                 # the packer's "negative or rounds to zero" from y and s, not from q (an
                 # overflowing Markstein step leaves q NaN): see nv_small_f

@@ -85,7 +85,7 @@ try:
 
     from fpq_core.kernels._common import (bf16_round_hw, div6_f64, div_markstein, e2m1, e2m1_code, e2m1_index_f, e2m1_round,
                                          e4m3_byte, e4m3_value, nv_group_e4m3, nv_group_e4m3_hw, nv_small_f, nv_small_scale,
-                                         nv_small_threshold, small_f)
+                                         nv_small_threshold, rcp_rn, small_f)
 except ImportError:      # CPU-only install: the two Triton tests below skip
     triton = None
 
@@ -103,6 +103,29 @@ if triton is not None:
             q_ref = tl.div_rn(yv, s)
             q_fast = div_markstein(yv, s, r)
             nbad += (q_ref != q_fast).to(tl.int32)
+        tl.atomic_add(bad_ptr, tl.sum(nbad, axis=0))
+
+    @triton.jit
+    def _rcp_check(bad_ptr, KLO, NK, BLOCK: tl.constexpr, RAW: tl.constexpr):
+        # every float32 mantissa in [1, 2) times 2^k for k in [KLO, KLO + NK), both signs:
+        # rcp_rn against div.rn(1, s); RAW: the bare rcp.approx instead (the control: it differs)
+        j = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = 1.0 + j.to(tl.float32) * 1.1920928955078125e-07
+        nbad = tl.zeros((BLOCK,), dtype=tl.int32)
+        one = tl.full((BLOCK,), 1.0, tl.float32)
+        for i in range(0, NK):
+            p = ((KLO + i + 127) << 23).to(tl.float32, bitcast=True)      # 2^k, exact
+            for sg in tl.static_range(2):
+                s = m * p
+                if sg == 1:
+                    s = -s
+                ref = tl.div_rn(one, s)
+                if RAW:
+                    got = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [s], dtype=tl.float32,
+                                                    is_pure=True, pack=1)
+                else:
+                    got = rcp_rn(s)
+                nbad += (got.to(tl.int32, bitcast=True) != ref.to(tl.int32, bitcast=True)).to(tl.int32)
         tl.atomic_add(bad_ptr, tl.sum(nbad, axis=0))
 
     @triton.jit
@@ -183,6 +206,20 @@ def test_nv_markstein_division_exhaustive(dtype):
     block = 1024
     _markstein_check[((1 << 23) // block,)](bad, NI=1 << mbits, MBITS=mbits, BLOCK=block, enable_fp_fusion=False)
     assert bad.item() == 0
+
+
+@pytest.mark.gpu
+def test_rcp_rn_equals_division_for_every_float32_in_range():
+    """rcp_rn (div.rn's fast path without its range check) is RN(1/s) -- bit for bit the
+    division -- for every float32 s with |s| in [2^-64, 2^64): 2^24 values per exponent, 128
+    exponents. The quant kernel uses it for NVFP4 group scales, which lie in [2^-49, 2^49]."""
+    if kernel_device() != "cuda":
+        pytest.skip("inline PTX (rcp.approx): GPU only (the kernel uses it on the GPU only)")
+    bad = torch.zeros(2, dtype=torch.int32, device="cuda")
+    _rcp_check[((1 << 23) // 1024,)](bad, -64, 128, BLOCK=1024, RAW=False, enable_fp_fusion=False)
+    _rcp_check[((1 << 23) // 1024,)](bad[1:], -64, 128, BLOCK=1024, RAW=True, enable_fp_fusion=False)
+    assert bad[0].item() == 0
+    assert bad[1].item() > 0, "the bare approximation should differ somewhere: is the comparison live?"
 
 
 @pytest.mark.gpu

@@ -88,3 +88,16 @@ def test_per_group_bound_counts_the_nvfp4_group_work():
         pytest.skip(f"cuobjdump not found: {e}")
     assert sum(free.values()) < sum(hot.values())
     assert free["FFMA"] >= 6 * per and hot["DFMA"] > 0 and free["DFMA"] == 0   # the float64 scale rule is per group
+
+
+def test_nvfp4_hot_loop_has_no_division_slow_path():
+    """The NVFP4 group scale's reciprocal is rcp_rn (div.rn's fast path without its range check):
+    the hot loop holds one MUFU.RCP per group and no FCHK and no call to the division's slow
+    subroutine (tl.div_rn(1, s) put an FCHK, a branch and a CALL per group there)."""
+    from benchmarks.sass_quant_kernel import _hot_module, count_loop
+    try:
+        hot, _, _ = count_loop(_hot_module()._rotq_kernel, "nvfp4")
+    except FileNotFoundError as e:
+        pytest.skip(f"cuobjdump not found: {e}")
+    assert hot["FCHK"] == 0 and hot["CALL"] == 0, dict(hot)
+    assert hot["MUFU"] == 2, dict(hot)          # two groups of 16 per thread and 64-column tile

@@ -1,0 +1,98 @@
+"""A/B of the fused quant kernel against a variant of its source, same run, interleaved.
+
+A variant is a named source edit of ``fpq_core/kernels/quant.py`` (``VARIANTS`` below), imported
+as a module copy (``_common.quant_module_copy``: the kernel itself is not changed). Both are
+timed the way ``bench_quant_kernels.py`` times the kernel (CUDA graphs over input sets holding
+twice the L2, packed output, default launch), alternating kernel and variant ``--runs`` times
+per case, and each variant's bytes are checked against the kernel's. Prints mean % of copy per
+case and writes OUT/ab_quant_kernel[_TAG].json with every run.
+
+    python benchmarks/ab_quant_kernel.py --out OUT --variant divrn [--cases w_4096x4096,...]
+        [--formats nvfp4] [--rot 16,128] [--runs 3] [--tag NAME]
+
+Variants: ``divrn`` -- the NVFP4 group scale's reciprocal by ``tl.div_rn(1, s)`` (FCHK, a branch
+and the division's slow-path call per group) instead of ``rcp_rn`` (the tenth session's change).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from benchmarks._common import bench_graph, copy_baselines, device_info, quant_bytes, quant_module_copy, write_json  # noqa: E402
+from benchmarks.bench_quant_kernels import SHAPES, input_sets  # noqa: E402
+
+# name -> ((old text, new text), ...) applied to quant.py's source
+VARIANTS = {
+    "divrn": (("                r = rcp_rn(s)         # s in [2^-49, 2^49]: no range check needed\n",
+               "                r = tl.div_rn(tl.full(s.shape, 1.0, tl.float32), s)\n"),),
+}
+
+
+def variant_module(name: str):
+    if name not in VARIANTS:
+        raise SystemExit(f"unknown variant {name!r}; choose from {sorted(VARIANTS)}")
+
+    def edit(src: str) -> str:
+        for old, new in VARIANTS[name]:
+            if old not in src:
+                raise SystemExit(f"variant {name!r}: {old.strip()!r} not found in quant.py; update VARIANTS")
+            src = src.replace(old, new)
+        return src
+    return quant_module_copy(edit, f"fpq_quant_{name}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--variant", required=True, choices=sorted(VARIANTS))
+    ap.add_argument("--cases", default="a_2048x4096,w_4096x4096,w_14336x4096,w_4096x14336,a_8192x14336")
+    ap.add_argument("--formats", default="nvfp4")
+    ap.add_argument("--rot", default="group", help="comma-separated rotation sizes; 'group' = the format's group size")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--tag", default="")
+    a = ap.parse_args(argv)
+    from fpq_core.formats import QuantSpec
+    from fpq_core.kernels import quant as base
+    from fpq_core.transforms import get_transform
+    var = variant_module(a.variant)
+    copy = copy_baselines()["best"]
+    rows, summary = [], []
+    for name in a.cases.split(","):
+        M, K = SHAPES[name]
+        xs = [torch.randn(M, K, device="cuda", dtype=torch.bfloat16) for _ in range(input_sets(M, K))]
+        for fmt in a.formats.split(","):
+            spec = QuantSpec.from_name(fmt)
+            for r in a.rot.split(","):
+                n = spec.group_size if r == "group" else int(r)
+                t = get_transform("hadamard", size=n)
+                g = torch.tensor([100.0], device="cuda") if fmt == "nvfp4" else None
+                ref = base.rotate_quantize(xs[0], spec, t, "packed", global_scale=g)
+                got = var.rotate_quantize(xs[0], spec, t, "packed", global_scale=g)
+                same = bool(torch.equal(ref[0], got[0]) and torch.equal(ref[1], got[1]))
+                nbytes = quant_bytes(M, K, spec.group_size)
+                pct = {"kernel": [], a.variant: []}
+                for run in range(a.runs):
+                    for label, mod in (("kernel", base), (a.variant, var)):
+                        ms = bench_graph(lambda x, mod=mod: mod.rotate_quantize(x, spec, t, "packed", global_scale=g), xs)
+                        p = 100 * nbytes / (ms * 1e-3) / copy
+                        pct[label].append(p)
+                        rows.append({"case": name, "fmt": fmt, "rot": n, "which": label, "run": run, "ms": ms, "pct_copy": p})
+                mk, mv = (sum(v) / len(v) for v in pct.values())
+                summary.append({"case": name, "fmt": fmt, "rot": n, "kernel_pct": mk, f"{a.variant}_pct": mv,
+                                "same_bytes": same})
+                print(f"{name:14s} {fmt} had{n:<4d} kernel {mk:5.1f}%  {a.variant} {mv:5.1f}%  "
+                      f"({' '.join(f'{x:.1f}' for x in pct['kernel'])} | {' '.join(f'{x:.1f}' for x in pct[a.variant])})"
+                      f"  bytes equal: {same}", flush=True)
+        del xs
+        torch.cuda.empty_cache()
+    write_json(a.out, "ab_quant_kernel" + (f"_{a.tag}" if a.tag else ""),
+               {"device": device_info(), "variant": a.variant, "copy_GBps": copy / 1e9, "summary": summary, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
