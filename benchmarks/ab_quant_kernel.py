@@ -10,13 +10,17 @@ case and writes OUT/ab_quant_kernel[_TAG].json with every run.
     python benchmarks/ab_quant_kernel.py --out OUT --variant divrn [--cases w_4096x4096,...]
         [--formats nvfp4] [--rot 16,128] [--runs 3] [--tag NAME]
 
-Variants: ``divrn`` -- the NVFP4 group scale's reciprocal by ``tl.div_rn(1, s)`` (FCHK, a branch
-and the division's slow-path call per group) instead of ``rcp_rn`` (the tenth session's change).
+Variants (``VARIANTS``): ``divrn`` -- the NVFP4 group scale's reciprocal by ``tl.div_rn(1, s)``
+(FCHK, a branch and the division's slow-path call per group) instead of ``rcp_rn``; ``session9`` --
+that and the ninth session's E4M3 byte of the group scale (a float64 min(t, 448) and a round trip
+to float64 for the inexact test): the tenth session's two changes together.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,23 +30,56 @@ import torch  # noqa: E402
 from benchmarks._common import bench_graph, copy_baselines, device_info, quant_bytes, quant_module_copy, write_json  # noqa: E402
 from benchmarks.bench_quant_kernels import SHAPES, input_sets  # noqa: E402
 
-# name -> ((old text, new text), ...) applied to quant.py's source
+_RCP = ("                r = rcp_rn(s)         # s in [2^-49, 2^49]: no range check needed\n",
+        "                r = tl.div_rn(tl.full(s.shape, 1.0, tl.float32), s)\n")
+_E4M3_NOW = """    f = tl.inline_asm_elementwise("cvt.rz.f32.f64 $0, $1;", "=f,d", [t], dtype=tl.float32, is_pure=True, pack=1)
+    sticky = ((t.to(tl.int64, bitcast=True) & 0x1FFFFFFF) != 0).to(tl.int32)
+    return e4m3_byte_hw((f.to(tl.int32, bitcast=True) | sticky).to(tl.float32, bitcast=True))
+"""
+_E4M3_PREV = """    t = tl.minimum(t, 448.0)
+    f = tl.inline_asm_elementwise("cvt.rz.f32.f64 $0, $1;", "=f,d", [t], dtype=tl.float32, is_pure=True, pack=1)
+    fo = (f.to(tl.int32, bitcast=True) | (f.to(tl.float64) != t).to(tl.int32)).to(tl.float32, bitcast=True)
+    return e4m3_byte_hw(fo)
+"""
+# name -> {"quant": ((old, new), ...) applied to quant.py's source, "common": (...) to _common.py's}
 VARIANTS = {
-    "divrn": (("                r = rcp_rn(s)         # s in [2^-49, 2^49]: no range check needed\n",
-               "                r = tl.div_rn(tl.full(s.shape, 1.0, tl.float32), s)\n"),),
+    # the NVFP4 group scale's reciprocal by tl.div_rn(1, s) (FCHK, a branch and the slow-path call per
+    # group) instead of rcp_rn
+    "divrn": {"quant": (_RCP,)},
+    # the ninth session's NVFP4 per-group code: div_rn, and the E4M3 byte with the float64 min(t, 448)
+    # and the round trip to float64 for the inexact test
+    "session9": {"quant": (_RCP,), "common": ((_E4M3_NOW, _E4M3_PREV),)},
 }
 
 
+def _edited(src: str, edits, name: str, what: str) -> str:
+    for old, new in edits:
+        if old not in src:
+            raise SystemExit(f"variant {name!r}: {old.strip()[:60]!r} not found in {what}; update VARIANTS")
+        src = src.replace(old, new)
+    return src
+
+
 def variant_module(name: str):
+    """fpq_core.kernels.quant with the variant's edits (and, where it edits _common.py, importing an
+    edited copy of that)."""
     if name not in VARIANTS:
         raise SystemExit(f"unknown variant {name!r}; choose from {sorted(VARIANTS)}")
+    v = VARIANTS[name]
+    common = None
+    if v.get("common"):
+        import fpq_core.kernels._common as c
+        common = f"fpq_common_{name}"
+        path = Path(tempfile.mkdtemp()) / f"{common}.py"
+        path.write_text(_edited(Path(c.__file__).read_text(), v["common"], name, "_common.py"))
+        spec = importlib.util.spec_from_file_location(common, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[common] = mod           # Triton resolves the kernel's globals through the module
+        spec.loader.exec_module(mod)
 
     def edit(src: str) -> str:
-        for old, new in VARIANTS[name]:
-            if old not in src:
-                raise SystemExit(f"variant {name!r}: {old.strip()!r} not found in quant.py; update VARIANTS")
-            src = src.replace(old, new)
-        return src
+        src = _edited(src, v.get("quant", ()), name, "quant.py")
+        return src.replace("from ._common import", f"from {common} import") if common else src
     return quant_module_copy(edit, f"fpq_quant_{name}")
 
 

@@ -146,15 +146,23 @@ def e4m3_value(b):
 @triton.jit
 def nv_group_e4m3_hw(amax, g):
     """:func:`nv_group_e4m3` with the E4M3 rounding in hardware (GPU only), as its byte (int32):
-    t = min(fl64(fl64(amax/6) g), 448) is rounded to float32 *to odd* (truncate, then set the
-    last bit if that was inexact) and the float32 to E4M3 cast (round to nearest even) follows.
-    Rounding to odd with at least two more bits than the target makes the second rounding
-    equal to a single one (float32 keeps >= 20 more bits than E4M3 here, subnormals included);
-    checked against the float64 rule for every bf16 amax and several global scales on the GPU."""
-    t = tl.minimum(div6_f64(amax.to(tl.float64), True) * g.to(tl.float64), 448.0)
+    t = fl64(fl64(amax/6) g) is rounded to float32 *to odd* -- truncated (cvt.rz), its last bit
+    set where the float64 mantissa bits the truncation dropped (the low 29, for a normal float32)
+    are not all zero -- and the float32 to E4M3 cast (round to nearest even, saturating at 448)
+    follows. Rounding to odd with at least two more bits than the target makes the second
+    rounding equal to a single one (float32 keeps >= 20 more bits than E4M3 here).
+    No min(t, 448) as in the float64 rule: the cast saturates, and min(RO32(t), 448) =
+    RO32(min(t, 448)) (448 is a float32 and round to odd is monotone). A t below float32's normal
+    range drops more than the 29 bits tested, but E4M3 rounds anything below 2^-10 to 0 whatever
+    its last bit; a t above FLT_MAX truncates to FLT_MAX. (The tenth session's form: the earlier
+    float64 min and the round trip to float64 for the inexact test were 8 more instructions per
+    thread and tile in the quant kernel's NVFP4 loop, two of them on the conversion unit.)
+    Checked against the float64 rule for every bf16 and fp16 amax and global scales across the
+    fast path's range on the GPU."""
+    t = div6_f64(amax.to(tl.float64), True) * g.to(tl.float64)
     f = tl.inline_asm_elementwise("cvt.rz.f32.f64 $0, $1;", "=f,d", [t], dtype=tl.float32, is_pure=True, pack=1)
-    fo = (f.to(tl.int32, bitcast=True) | (f.to(tl.float64) != t).to(tl.int32)).to(tl.float32, bitcast=True)
-    return e4m3_byte_hw(fo)
+    sticky = ((t.to(tl.int64, bitcast=True) & 0x1FFFFFFF) != 0).to(tl.int32)
+    return e4m3_byte_hw((f.to(tl.int32, bitcast=True) | sticky).to(tl.float32, bitcast=True))
 
 
 @triton.jit
