@@ -108,10 +108,12 @@ def _backend(device: torch.device, options: "RunOptions") -> _Backend:
     want = options.fast_kernels if options.fast_kernels is not None else device.type == "cuda"
     if not want:
         return _Backend()
-    from fpq_core.kernels import kernels_available
-    if not kernels_available():
+    from fpq_core.kernels import kernels_unavailable_reason
+    why = kernels_unavailable_reason()
+    if why is not None:
         if options.fast_kernels:
-            raise RuntimeError("fast_kernels=True needs CUDA and triton (pip install triton)")
+            raise RuntimeError(f"fast_kernels=True cannot be used: {why}. Leave fast_kernels unset "
+                               "(or False) to run the torch path")
         return _Backend()
     from fpq_core.kernels.gptq import gptq_quantize_auto
     from fpq_core.kernels.hessian import TritonHessianAccumulator

@@ -17,7 +17,8 @@ from __future__ import annotations
 import importlib.util
 import os
 
-__all__ = ["triton_installed", "interpreter_mode", "kernels_available", "kernels_usable_for"]
+__all__ = ["triton_installed", "interpreter_mode", "kernels_available", "kernels_unavailable_reason", "kernels_usable_for",
+           "MIN_CAPABILITY"]
 
 
 def triton_installed() -> bool:
@@ -29,13 +30,34 @@ def interpreter_mode() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1" and triton_installed()
 
 
-def kernels_available() -> bool:
-    """True only with CUDA and triton installed (the condition for the engine to use the kernels)."""
+# The oldest GPU the kernels compile for: the NVFP4 scale byte is converted by
+# cvt.rn.satfinite.e4m3x2.f32 (sm_89) and the group amax uses max.xorsign.abs (sm_86). They are
+# tested on sm_90 (H100); programmatic dependent launch is used from sm_90 on (quant._pdl_capable).
+MIN_CAPABILITY = (8, 9)
+
+
+def kernels_unavailable_reason() -> str | None:
+    """Why the engine cannot use the kernels here (None: it can): no CUDA, no triton, or a GPU
+    older than :data:`MIN_CAPABILITY` (e.g. an A100, sm_80: the torch path runs there)."""
     try:
         import torch
     except ImportError:  # pragma: no cover
-        return False
-    return bool(torch.cuda.is_available()) and triton_installed()
+        return "torch is not installed"
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    if not triton_installed():
+        return "triton is not installed (pip install triton)"
+    cap = tuple(torch.cuda.get_device_capability())
+    if cap < MIN_CAPABILITY:
+        return (f"the GPU has compute capability {cap[0]}.{cap[1]}; the Triton kernels need "
+                f"{MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer (Ada, Hopper, Blackwell); the torch path runs instead")
+    return None
+
+
+def kernels_available() -> bool:
+    """True only with CUDA, triton and a GPU of compute capability >= MIN_CAPABILITY (the
+    condition for the engine to use the kernels)."""
+    return kernels_unavailable_reason() is None
 
 
 def kernels_usable_for(t) -> bool:
