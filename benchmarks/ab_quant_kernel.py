@@ -13,7 +13,8 @@ case and writes OUT/ab_quant_kernel[_TAG].json with every run.
 Variants (``VARIANTS``): ``divrn`` -- the NVFP4 group scale's reciprocal by ``tl.div_rn(1, s)``
 (FCHK, a branch and the division's slow-path call per group) instead of ``rcp_rn``; ``session9`` --
 that and the ninth session's E4M3 byte of the group scale (a float64 min(t, 448) and a round trip
-to float64 for the inexact test): the tenth session's two changes together.
+to float64 for the inexact test): the tenth session's first two changes together; ``absmax`` --
+the group amax and the amax pass by ``tl.max(tl.abs(y))`` instead of ``absmax2``.
 """
 from __future__ import annotations
 
@@ -49,6 +50,10 @@ VARIANTS = {
     # the ninth session's NVFP4 per-group code: div_rn, and the E4M3 byte with the float64 min(t, 448)
     # and the round trip to float64 for the inexact test
     "session9": {"quant": (_RCP,), "common": ((_E4M3_NOW, _E4M3_PREV),)},
+    # the group amax (packed codes) and the amax pass by tl.max(tl.abs(y)) / tl.maximum(m, tl.abs(y))
+    # instead of absmax2 (max.xorsign.abs)
+    "absmax": {"quant": (("        if HW_ROUND and MODE == 3 and not IS_NV:    # max |y| per group", "        if False:  # max |y| per group"),
+                         ("            run_max = absmax2(run_max, y)\n", "            run_max = tl.maximum(run_max, tl.abs(y))\n"))},
 }
 
 

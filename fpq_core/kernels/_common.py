@@ -292,6 +292,21 @@ def e2m1_code(q, y, SAT: tl.constexpr):
 # and pack it with integer multiply-adds (IMAD runs on the FMA pipe).
 
 @triton.jit
+def absmax2(a, b):
+    """max(|a|, |b|) in magnitude, with the sign of a XOR b (max.xorsign.abs.f32, sm_86+; GPU only):
+    the combine of the quant kernel's group amax (callers take |.| of the result). One FMNMX
+    with both operands' absolute values, where tl.max(tl.abs(y)) left ptxas a LOP3 per element
+    for the |.| it could not fold: 23 fewer instructions per thread and tile in the MXFP4 packed
+    loop (522 -> 499), 44 in the NVFP4 had128 split's, 32 in the amax pass. Used for MXFP4 packed
+    codes and the amax pass: on the H100 (benchmarks/ab_quant_kernel.py --variant absmax, three
+    runs each) MXFP4 had128 4096x4096 75.8 -> 79.3% of copy, 2048x4096 68.3 -> 72.8%, the large
+    shapes within a point; NVFP4 packed codes within a point, had128 on the small shapes 1 point
+    slower, so NVFP4 keeps tl.max(tl.abs(y)); fake quant has 2 more instructions with it."""
+    return tl.inline_asm_elementwise("max.xorsign.abs.f32 $0, $1, $2;", "=f,f,f", [a, b], dtype=tl.float32,
+                                     is_pure=True, pack=1)
+
+
+@triton.jit
 def rcp_rn(s):
     """RN(1/s), float32, for |s| in [2^-64, 2^64] (GPU only). ``tl.div_rn(1, s)`` compiles to
     this sequence -- MUFU.RCP, a Newton step (two FFMAs), then the quotient's correction (two

@@ -53,9 +53,9 @@ from triton.language.extra.cuda import gdc_launch_dependents
 from fpq_core.formats.quantize import global_encode_scale, quantize
 from fpq_core.formats.spec import QuantSpec
 
-from ._common import (div_markstein, e2m1_code, e2m1_index_f, e2m1_round, e4m3_byte, e4m3_rne, floor_log2, mx_scale,
-                      nv_scale, nv_scale_fast, nv_small_f, nv_small_scale, nv_small_threshold, pack_codes_f, pow2i,
-                      rcp_rn, bf16_round_hw, round_to_dtype, small_f)
+from ._common import (absmax2, div_markstein, e2m1_code, e2m1_index_f, e2m1_round, e4m3_byte, e4m3_rne, floor_log2,
+                      mx_scale, nv_scale, nv_scale_fast, nv_small_f, nv_small_scale, nv_small_threshold, pack_codes_f,
+                      pow2i, rcp_rn, bf16_round_hw, round_to_dtype, small_f)
 
 __all__ = ["rotate_quantize", "rotate_quantize_twin", "rotate_twin", "check_supported", "RotationPlan",
            "make_plan"]
@@ -348,11 +348,17 @@ def _rotq_epi(y, pid_m, pid_k, CH: tl.constexpr, out_ptr, pk_ptr, sb_ptr, g, rg,
         rmask = srows[:, None] < M
     if MODE == 0:
         tl.store(out_ptr + orow[:, None] + (CH * T + kk)[None, :], y.to(out_ptr.dtype.element_ty), mask=rmask)
-    elif MODE == 1:
-        run_max = tl.maximum(run_max, tl.abs(y))
+    elif MODE == 1:     # (its sign is garbage with absmax2: the kernel takes |run_max| at the end)
+        if HW_ROUND:
+            run_max = absmax2(run_max, y)
+        else:
+            run_max = tl.maximum(run_max, tl.abs(y))
     else:
         y3 = tl.reshape(y, (BM, NG, G))
-        amax = tl.max(tl.abs(y3), axis=2)                     # (BM, NG)
+        if HW_ROUND and MODE == 3 and not IS_NV:    # max |y| per group, the |.| inside each max of the
+            amax = tl.abs(tl.reduce(y3, 2, absmax2))            # tree (absmax2; see the note there)
+        else:
+            amax = tl.max(tl.abs(y3), axis=2)
         # q = fl32(y / s), computed without a per-element division where that gives the same
         # E2M1 code (tests/kernels/test_division_shortcuts.py checks each claim exhaustively):
         #  * MX, bf16/fp16 input: s = fl32(2^E/3) = 2^E/3 (1 + 2^-25) for E >= -124, and
@@ -589,7 +595,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
     if PDL == 2:
         gdc_launch_dependents()
     if MODE == 1:
-        tl.store(amax_ptr + pid, tl.max(tl.max(run_max, axis=1), axis=0))
+        tl.store(amax_ptr + pid, tl.max(tl.max(tl.abs(run_max), axis=1), axis=0))
     if (MODE == 3) and (not IS_NV):
         if pid == 0:    # MX: the global scale returned with the codes, written here (not by a copy kernel)
             tl.store(gso_ptr + zero, tl.load(gs_ptr + zero))

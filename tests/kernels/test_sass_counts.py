@@ -101,3 +101,23 @@ def test_nvfp4_hot_loop_has_no_division_slow_path():
         pytest.skip(f"cuobjdump not found: {e}")
     assert hot["FCHK"] == 0 and hot["CALL"] == 0, dict(hot)
     assert hot["MUFU"] == 2, dict(hot)          # two groups of 16 per thread and 64-column tile
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4"])
+def test_packed_loop_takes_absolute_values_as_operand_modifiers(fmt):
+    """The MXFP4 group amax's tree is FMNMX.XORSIGN with both operands' |.| (absmax2): of the LOP3s
+    with the 0x7fffffff mask only the |.| of each group's result is left in the packed-code loop,
+    two per thread and tile (tl.max(tl.abs(y)) left 28, one per element it could not fold). NVFP4
+    keeps tl.max(tl.abs(y)), which measured as fast or faster there (absmax2's docstring)."""
+    import re
+    from benchmarks.sass_quant_kernel import _compile, _hot_module, _instructions, _longest_loop
+    try:
+        sass = _compile(_hot_module()._rotq_kernel, fmt)[0]
+    except FileNotFoundError as e:
+        pytest.skip(f"cuobjdump not found: {e}")
+    lo, hi = _longest_loop(_instructions(sass))
+    loop = [line for line in sass.splitlines()
+            if (m := re.match(r"\s*/\*([0-9a-f]{4,})\*/\s", line)) and lo <= int(m.group(1), 16) <= hi]
+    assert len([line for line in loop if "LOP3" in line and "0x7fffffff" in line]) <= 2
+    xs = [line for line in loop if "FMNMX.XORSIGN" in line]
+    assert len(xs) >= 16 and all(line.count("|") >= 4 for line in xs), xs[:3]
