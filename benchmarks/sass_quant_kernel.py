@@ -118,13 +118,14 @@ def _sass(kernel, constexprs: dict, num_warps: int, maxnreg: int | None) -> str:
         os.unlink(f.name)
 
 
-def _instructions(sass: str) -> list:
-    """(address, opcode, operands) of every SASS instruction."""
+def _instructions(sass: str, suffixes: bool = False) -> list:
+    """(address, opcode, operands) of every SASS instruction; the opcode without its suffixes
+    ("FMNMX") unless ``suffixes`` ("FMNMX.XORSIGN")."""
     out = []
     for line in sass.splitlines():
         m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_.]+)(.*)", line)
         if m:
-            out.append((int(m.group(1), 16), m.group(3).split(".")[0], m.group(4)))
+            out.append((int(m.group(1), 16), m.group(3) if suffixes else m.group(3).split(".")[0], m.group(4)))
     return out
 
 

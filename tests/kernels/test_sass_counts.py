@@ -109,15 +109,14 @@ def test_packed_loop_takes_absolute_values_as_operand_modifiers(fmt):
     with the 0x7fffffff mask only the |.| of each group's result is left in the packed-code loop,
     two per thread and tile (tl.max(tl.abs(y)) left 28, one per element it could not fold). NVFP4
     keeps tl.max(tl.abs(y)), which measured as fast or faster there (absmax2's docstring)."""
-    import re
     from benchmarks.sass_quant_kernel import _compile, _hot_module, _instructions, _longest_loop
     try:
         sass = _compile(_hot_module()._rotq_kernel, fmt)[0]
     except FileNotFoundError as e:
         pytest.skip(f"cuobjdump not found: {e}")
-    lo, hi = _longest_loop(_instructions(sass))
-    loop = [line for line in sass.splitlines()
-            if (m := re.match(r"\s*/\*([0-9a-f]{4,})\*/\s", line)) and lo <= int(m.group(1), 16) <= hi]
-    assert len([line for line in loop if "LOP3" in line and "0x7fffffff" in line]) <= 2
-    xs = [line for line in loop if "FMNMX.XORSIGN" in line]
-    assert len(xs) >= 16 and all(line.count("|") >= 4 for line in xs), xs[:3]
+    ins = _instructions(sass, suffixes=True)
+    lo, hi = _longest_loop(ins)
+    loop = [(op, rest) for a, op, rest in ins if lo <= a <= hi]
+    assert len([r for op, r in loop if op.startswith("LOP3") and "0x7fffffff" in r]) <= 2
+    xs = [r for op, r in loop if op.startswith("FMNMX.XORSIGN")]
+    assert len(xs) >= 16 and all(r.count("|") >= 4 for r in xs), xs[:3]
