@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import platform
+import sys
 import tempfile
 import time
 import traceback
@@ -209,15 +210,25 @@ def table(rows: list[dict], cols: list[str]) -> str:
     return "\n".join(lines)
 
 
+def module_copy(module, edit, name: str):
+    """A copy of ``module`` whose source text went through ``edit`` (str -> str), imported as module
+    ``name`` and registered in ``sys.modules`` (so that another copy can import from it by that
+    name, and Triton can resolve a kernel's globals through it). ``edit`` raises SystemExit where
+    the text it expects is gone."""
+    path = Path(tempfile.mkdtemp()) / f"{name}.py"
+    path.write_text(edit(Path(module.__file__).read_text()))
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def quant_module_copy(edit, name: str):
     """A copy of ``fpq_core.kernels.quant`` whose source text went through ``edit`` (str -> str),
     imported as module ``name``: for benchmarks that trim or instrument the kernel (the kernel
-    itself is not changed). ``edit`` raises SystemExit where the text it expects is gone."""
+    itself is not changed). Its ``from ._common import`` becomes an absolute import unless ``edit``
+    already pointed it at another module (e.g. an edited copy of _common made by module_copy)."""
     import fpq_core.kernels.quant as q
-    src = edit(Path(q.__file__).read_text()).replace("from ._common import", "from fpq_core.kernels._common import")
-    path = Path(tempfile.mkdtemp()) / f"{name}.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return module_copy(q, lambda src: edit(src).replace("from ._common import", "from fpq_core.kernels._common import"),
+                       name)

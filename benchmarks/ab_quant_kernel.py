@@ -19,16 +19,15 @@ the group amax and the amax pass by ``tl.max(tl.abs(y))`` instead of ``absmax2``
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks._common import bench_graph, copy_baselines, device_info, quant_bytes, quant_module_copy, write_json  # noqa: E402
+from benchmarks._common import (bench_graph, copy_baselines, device_info, module_copy, quant_bytes,  # noqa: E402
+                                quant_module_copy, write_json)
 from benchmarks.bench_quant_kernels import SHAPES, input_sets  # noqa: E402
 
 _RCP = ("                r = rcp_rn(s)         # s in [2^-49, 2^49]: no range check needed\n",
@@ -74,13 +73,7 @@ def variant_module(name: str):
     common = None
     if v.get("common"):
         import fpq_core.kernels._common as c
-        common = f"fpq_common_{name}"
-        path = Path(tempfile.mkdtemp()) / f"{common}.py"
-        path.write_text(_edited(Path(c.__file__).read_text(), v["common"], name, "_common.py"))
-        spec = importlib.util.spec_from_file_location(common, path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[common] = mod           # Triton resolves the kernel's globals through the module
-        spec.loader.exec_module(mod)
+        common = module_copy(c, lambda src: _edited(src, v["common"], name, "_common.py"), f"fpq_common_{name}").__name__
 
     def edit(src: str) -> str:
         src = _edited(src, v.get("quant", ()), name, "quant.py")
