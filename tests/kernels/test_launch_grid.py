@@ -96,3 +96,42 @@ def test_split_plan_is_the_sylvester_block_and_its_negative():
     assert not make_plan(get_transform("hadamard", size=16), 4096, 16).splittable
     with pytest.raises(ValueError, match="cannot be split"):
         make_plan(get_transform("hadamard", size=16), 4096, 16).on("cpu", torch.float32, split=True)
+
+
+@pytest.mark.parametrize("M, K, T, fold, nprog, tail", [
+    (4096, 4096, 64, 32, 660, 4), (2048, 4096, 64, 32, 528, 2), (14336, 4096, 128, 16, 396, 4),
+    (8192, 14336, 64, 32, 660, 4), (70, 1024, 64, 8, 4, 2), (70, 1024, 64, 2, 7, 4), (130, 4096, 64, 32, 1000, 4),
+    (2000, 4096, 64, 1, 660, 4), (4096, 4096, 64, 32, 512, 4),
+])
+def test_tail_plan_covers_every_row_once(M, K, T, fold, nprog, tail):
+    """The linear walk's tail plan: the main walk keeps full rounds of whole rows of tiles, the
+    sub-tiles start on the next input row and cover the rest (a partial last block included), each
+    sub-tile the same input rows as a tile (fewer widths) or a row block of block_m/tail rows; where
+    the tiles fill whole rounds nothing is cut."""
+    from fpq_core.kernels.quant import tail_plan
+    bm = 64
+    tiles_k = K // (fold * T)
+    rows = bm // fold
+    total = -(-M // rows) * tiles_k
+    p = tail_plan(M, K, T, bm, fold, tiles_k, nprog, tail)
+    assert p.main_tiles % tiles_k == 0 and p.main_tiles <= total
+    if p.tail == 1:
+        assert p.main_tiles == total and p.tail_tiles == 0 and total % nprog == 0
+        return
+    assert p.main_tiles == (total // nprog) * nprog // tiles_k * tiles_k    # every full round (whole rows)
+    rows_t = bm // tail // p.fold_t
+    r0 = p.main_tiles // tiles_k * rows
+    assert p.tail_blk0 * rows_t == r0 < M and rows % rows_t == 0
+    assert p.tiles_k_t * p.fold_t * T == K                                   # a sub-tile row spans K
+    assert p.tail_tiles == -(-(M - r0) // rows_t) * p.tiles_k_t              # ... and the rows to M
+    assert p.fold_t == max(1, fold // tail)
+
+
+def test_tail_plan_checks_its_arguments():
+    from fpq_core.kernels.quant import tail_plan
+    for bad in (3, 8, 0):
+        with pytest.raises(ValueError, match=f"tail={bad}"):
+            tail_plan(4096, 4096, 64, 64, 32, 2, 660, bad)
+    assert tail_plan(4096, 4096, 64, 64, 32, 2, 512, 4).tail == 1            # 4096 tiles: 8 whole rounds
+    assert tail_plan(4096, 4096, 64, 64, 32, 2, 660, 1).tail == 1
+    assert tail_plan(4096, 4096, 64, 64, 32, 2, 660, 4)[:5] == (3960, 544, 1980, 8, 8)
