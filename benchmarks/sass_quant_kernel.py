@@ -99,8 +99,7 @@ def _sass(kernel, constexprs: dict, num_warps: int, maxnreg: int | None) -> str:
     from triton.compiler import ASTSource
     sig = {"x_ptr": "*bf16", "m_ptr": "*bf16", "out_ptr": "*bf16", "pk_ptr": "*i32" if constexprs["FCODE"] else "*u8",
            "sb_ptr": "*u8", "amax_ptr": "*fp32", "gs_ptr": "*fp32", "gso_ptr": "*fp32", "M": "i32", "K": "i32", "stride_xm": "i32",
-           "rot_scale": "fp32", "tiles_k": "i32", "row_step": "i32", "iters": "i32", "main_tiles": "i32",
-           "tail_tiles": "i32", "tail_blk0": "i32", "tiles_k_t": "i32"}
+           "rot_scale": "fp32", "tiles_k": "i32", "row_step": "i32", "iters": "i32"}
     names = list(sig)
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in
              ("x_ptr", "m_ptr", "out_ptr", "pk_ptr", "sb_ptr", "amax_ptr", "gs_ptr", "gso_ptr", "M", "K", "stride_xm")}
@@ -164,8 +163,7 @@ def _compile(kernel, fmt: str, mode: int = 3, split: bool = False, gen: bool = T
              MX_MUL=not nv, NV_FMA=nv and mode >= 2, PERM=True, ROWP=True, NW=launch["num_warps"], FCODE=True,
              EVEN=True, STAGES=launch["stages"], ITERS_C=0, F2FP=True,
              HGEN=n if gen else 0, HVAL=0.25 if (gen and n == 16) else 1.0,     # the Hadamard built, as launched
-             LINEAR=launch["walk"] == "linear", FOLD=launch["row_fold"], FOLDC=False, PDL=0,
-             TAIL=1, FOLD_T=launch["row_fold"], ROWP_T=False, ITERS_T=0)
+             LINEAR=launch["walk"] == "linear", FOLD=launch["row_fold"], FOLDC=False, PDL=0)
     c.update(over)
     nw = launch["num_warps"]
     return _sass(kernel, c, nw, launch["maxnreg"] if TO <= 64 else None), launch["block_m"], nw

@@ -39,10 +39,6 @@ warp's load and store instructions cover contiguous bytes), each twice, interlea
 ``--grid pdl``: the default launch without programmatic dependent launch and with it, the next
 kernel let launch at the start, the end or the exit of each program (``pdl="start"|"end"|"exit"``),
 three times, interleaved; then copies of the MXFP4 byte count without and with PDL (each trigger).
-``--grid tail``: the default launch with the linear walk's last, partial round of tiles cut into
-sub-tiles of 64/``tail`` rows (``tail`` 1 = off, 2, 4), three times, interleaved; with ``--rot 128``
-the split's default launch against the linear walk with 4 programs per SM and 2 stages, and 3 and
-3, each with and without the tail.
 ``--grid nvwalk`` (for NVFP4): the default launch against the linear walk with 5 programs per SM
 and 3 stages, three times, interleaved.
 ``--grid fold``: tiles of 64/F input rows times F tile widths (``row_fold`` F = 1, 2, 4, 8, each
@@ -77,7 +73,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--quick", action="store_true", help="same as --grid quick")
-    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen", "walk", "deep", "fold", "widefold", "nvwalk", "pdl", "tail"),
+    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen", "walk", "deep", "fold", "widefold", "nvwalk", "pdl"),
                     default=None)
     ap.add_argument("--rot", type=int, default=None, help="rotation size (default: the format's group size)")
     ap.add_argument("--cases", default="a_8192x14336,w_4096x4096",
@@ -110,7 +106,7 @@ def main(argv=None):
             ref = rotate_quantize(xs[0], spec, t, "packed", global_scale=g)
             nbytes = quant_bytes(M, K, spec.group_size)
             best = None
-            for bm, tile, nw, st, mr, fc, cv, waves_list, *more in _grid(grid_name, fmt, n == 128):
+            for bm, tile, nw, st, mr, fc, cv, waves_list, *more in _grid(grid_name, fmt):
                 ext = more[0] if more else {}           # further launch options (split, gen_matrix)
                 plan = make_plan(t, K, spec.group_size, tile=tile)
                 for waves in waves_list:
@@ -168,7 +164,7 @@ def main(argv=None):
                 "copy_baselines_GBps": {k: v / 1e9 for k, v in copies.items()}, "rows": rows})
 
 
-def _grid(name: str, fmt: str, rot128: bool = False):
+def _grid(name: str, fmt: str):
     """(block_m, tile, num_warps, stages, maxnreg, fma_codes, f2fp, waves list[, further launch options])
     per config of a named grid."""
     if name == "split":         # 128-column Hadamard tiles: one dot vs two halves
@@ -188,14 +184,6 @@ def _grid(name: str, fmt: str, rot128: bool = False):
     if name == "nvwalk":        # the default launch against the linear walk, 5 programs per SM, 3 stages; 3 times
         return [(None, None, None, st, None, None, None, (w,), kw) for _ in range(3)
                 for st, w, kw in ((None, None, {}), (3, 5, {"walk": "linear"}))]
-    if name == "tail":          # the linear walk's last round as sub-tiles (tail 2, 4) or not (1), three times,
-        # interleaved; for the had128 split (small shapes: rows walk by default) also the linear walk
-        # with 3 and 4 programs per SM, 2 and 3 stages, with and without the tail
-        if rot128:
-            return [(None, None, None, st, None, None, None, (w,), kw) for _ in range(3)
-                    for st, w, kw in ((None, None, {}), (2, 4, {"walk": "linear", "tail": 1}), (2, 4, {"walk": "linear", "tail": 4}),
-                                      (3, 3, {"walk": "linear", "tail": 1}), (3, 3, {"walk": "linear", "tail": 4}))]
-        return [(None, None, None, None, None, None, None, (None,), {"tail": t}) for _ in range(3) for t in (1, 2, 4)]
     if name == "pdl":           # the default launch without and with programmatic dependent launch, the next
         # kernel let launch at each program's start, end or exit; three times, interleaved
         return [(None, None, None, None, None, None, None, (None,), {"pdl": p})

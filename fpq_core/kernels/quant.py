@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import math
 import os
-from typing import NamedTuple
 
 import torch
 import triton
@@ -483,15 +482,14 @@ def _gdc_wait(PDL: tl.constexpr):
 
 @triton.jit
 def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_ptr,
-                 M, K, stride_xm, rot_scale, tiles_k, row_step, iters, main_tiles, tail_tiles, tail_blk0, tiles_k_t,
+                 M, K, stride_xm, rot_scale, tiles_k, row_step, iters,
                  T: tl.constexpr, TO: tl.constexpr, G: tl.constexpr, BM: tl.constexpr,
                  HAS_ROT: tl.constexpr, DOT_LOWP: tl.constexpr, POST_SCALE: tl.constexpr,
                  MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
                  HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
                  ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr,
                  ITERS_C: tl.constexpr, F2FP: tl.constexpr, HGEN: tl.constexpr, HVAL: tl.constexpr,
-                 LINEAR: tl.constexpr, FOLD: tl.constexpr, FOLDC: tl.constexpr, PDL: tl.constexpr,
-                 TAIL: tl.constexpr, FOLD_T: tl.constexpr, ROWP_T: tl.constexpr, ITERS_T: tl.constexpr):
+                 LINEAR: tl.constexpr, FOLD: tl.constexpr, FOLDC: tl.constexpr, PDL: tl.constexpr):
     """Persistent: each program loads (or builds) the rotation matrix once, keeps one column tile
     (pid % tiles_k) and walks the row blocks pid // tiles_k + i * row_step (the grid is
     tiles_k * row_step programs, so no division per tile; where row_step does not divide the row
@@ -504,13 +502,6 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
     previous one's (one wrap, no division) -- any program count, so the grid can be exactly what
     fits on the SMs at once. ``FOLD``: each tile is BM/FOLD input rows x FOLD tile widths
     (_tile_rows); tiles_k and the row blocks count such tiles.
-
-    ``TAIL`` > 1 (linear walk only): the walk covers the first ``main_tiles`` tiles (whole rows of
-    tiles, every program the same number of tiles or one fewer), and the rows after them -- the
-    last, partial round of tiles, which would otherwise run on one program in five -- are cut into
-    sub-tiles of BM/TAIL rows (BM/TAIL/FOLD_T input rows x FOLD_T tile widths: the same input rows,
-    fewer columns) that the programs then walk the same way: ``tail_tiles`` of them in row-major
-    order from row block ``tail_blk0`` (in sub-tile rows), ``tiles_k_t`` per row block.
 
     ``PDL`` > 0 (launched with programmatic dependent launch): the program builds its Hadamard
     matrix and only then waits for the previous kernel in the stream to complete
@@ -565,20 +556,16 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
     pid_k = pid % tiles_k
     pid_m0 = pid // tiles_k
     if LINEAR:
-        if TAIL > 1:    # the main walk's rows: [0, tail_blk0 * the sub-tiles' input rows); its masks
-            M_main = tail_blk0 * (BM // TAIL // FOLD_T)     # stop there (the interpreter's last round)
-        else:
-            M_main = M
-        if ITERS_C > 0:  # (the interpreter: past the last tile the row block is past M_main: masked)
+        if ITERS_C > 0:  # (the interpreter: past the last tile the row block is past M: masked)
             for it in range(0, ITERS_C):
                 t = pid + it * row_step
-                run_max = _rotq_tile(t // tiles_k, t % tiles_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M_main, K,
+                run_max = _rotq_tile(t // tiles_k, t % tiles_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                      stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
                                      HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD, FOLDC)
         else:
             # (row block, column tile) of tile pid + it * row_step, advanced by (dm, dk) per tile
             # with one wrap instead of a division per tile
-            n_it = tl.cdiv(main_tiles - pid, row_step)
+            n_it = tl.cdiv(tl.cdiv(M, BM // FOLD) * tiles_k - pid, row_step)
             dm = row_step // tiles_k
             dk = row_step % tiles_k
             pm = pid_m0
@@ -591,25 +578,6 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
                 wrap = pk >= tiles_k
                 pk = tl.where(wrap, pk - tiles_k, pk)
                 pm = pm + tl.where(wrap, dm + 1, dm)
-        if TAIL > 1:
-            # the last rows as sub-tiles of BM/TAIL rows (one or none per program, mostly), walked
-            # like the main tiles; a running max of their own shape for the amax (MODE 1)
-            BMT: tl.constexpr = BM // TAIL
-            run_max_t = tl.zeros((BMT, TO), dtype=tl.float32)
-            if ITERS_T > 0:
-                for jt in range(0, ITERS_T):
-                    u = pid + jt * row_step
-                    run_max_t = _rotq_tile(tail_blk0 + u // tiles_k_t, u % tiles_k_t, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz,
-                                           run_max_t, M, K, stride_xm, rot_scale, T, TO, G, BMT, HAS_ROT, DOT_LOWP, POST_SCALE, MODE,
-                                           IS_NV, IS_BF16, HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP_T, NW, FCODE, EVEN, F2FP, FOLD_T, FOLDC)
-            else:
-                for jt in tl.range(0, tl.cdiv(tail_tiles - pid, row_step), num_stages=1):
-                    u = pid + jt * row_step
-                    run_max_t = _rotq_tile(tail_blk0 + u // tiles_k_t, u % tiles_k_t, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz,
-                                           run_max_t, M, K, stride_xm, rot_scale, T, TO, G, BMT, HAS_ROT, DOT_LOWP, POST_SCALE, MODE,
-                                           IS_NV, IS_BF16, HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP_T, NW, FCODE, EVEN, F2FP, FOLD_T, FOLDC)
-            if MODE == 1:
-                run_max = tl.maximum(tl.abs(run_max), tl.max(tl.max(tl.abs(run_max_t), axis=1), axis=0))
     elif ITERS_C > 0:      # Triton's CPU interpreter needs a Python int as the loop bound
         for it in range(0, ITERS_C):
             run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
@@ -712,41 +680,6 @@ def _row_stride(row_blocks: int, target: int, whole_blocks: bool) -> tuple[int, 
     return step, whole_blocks and step * iters == row_blocks
 
 
-class TailPlan(NamedTuple):
-    """How the linear walk splits the tiles (``_rotq_kernel``'s TAIL): ``main_tiles`` tiles first
-    (whole rows of tiles), then ``tail_tiles`` sub-tiles of block_m/``tail`` rows (``fold_t`` tile
-    widths, ``tiles_k_t`` per row of sub-tiles) from sub-tile row ``tail_blk0``. ``tail`` 1: no
-    split (every tile in the main walk)."""
-    main_tiles: int
-    tail_tiles: int
-    tail_blk0: int
-    tiles_k_t: int
-    fold_t: int
-    tail: int
-
-
-def tail_plan(M: int, K: int, T: int, block_m: int, fold: int, tiles_k: int, nprog: int, tail: int) -> TailPlan:
-    """The linear walk of ``nprog`` programs over the tiles of an (M, K) input (tiles of block_m/fold
-    input rows x fold widths of T columns, ``tiles_k`` per row of tiles), with its last, partial round
-    cut into ``tail`` sub-tiles per tile: the main walk keeps the full rounds, rounded down to whole
-    rows of tiles (so the rest is a block of whole input rows); a sub-tile is block_m/tail rows of
-    fold/tail widths (the same input rows as a tile) where fold >= tail, else block_m/tail input
-    rows of one width. Where nothing is left over (or ``tail`` is 1), TailPlan(all tiles, 0, ...,
-    tail=1). ``tail``: a power of two with block_m/tail >= 16 (the matrix units' smallest tile)."""
-    if tail < 1 or tail & (tail - 1) or block_m % tail or block_m // tail < 16:
-        raise ValueError(f"tail={tail}: needs a power of two with block_m / tail >= 16 rows (block_m={block_m})")
-    rows = block_m // fold                              # input rows per tile
-    total = -(-M // rows) * tiles_k
-    main = (total // nprog) * nprog // tiles_k * tiles_k
-    if tail == 1 or main == total:
-        return TailPlan(total, 0, 0, tiles_k, fold, 1)
-    fold_t = max(1, fold // tail)
-    rows_t = block_m // tail // fold_t                  # divides rows: the tail starts on a sub-tile row
-    r0 = main // tiles_k * rows                         # the tail's first input row
-    tiles_k_t = K // (fold_t * T)
-    return TailPlan(main, -(-(M - r0) // rows_t) * tiles_k_t, r0 // rows_t, tiles_k_t, fold_t, tail)
-
-
 def grid_stride(row_blocks: int, tiles_k: int, sms: int, waves: int, small_waves: int | None,
                 whole_blocks: bool) -> tuple[int, bool]:
     """(row stride, unmasked) of the persistent grid: tiles_k * stride programs, about
@@ -787,7 +720,7 @@ def grid_stride(row_blocks: int, tiles_k: int, sms: int, waves: int, small_waves
 # points slower for MXFP4 packed codes, whose SMs keep room for the next kernel's programs (our
 # reading, not profiled: they take it early)).
 DEFAULT_LAUNCH = {"block_m": 64, "num_warps": 4, "waves": 16, "stages": 3, "maxnreg": None, "small_waves": 4,
-                  "walk": "rows", "row_fold": 32, "pdl": "end", "tail": 1}
+                  "walk": "rows", "row_fold": 32, "pdl": "end"}
 NV_LAUNCH = dict(DEFAULT_LAUNCH, maxnreg=96)     # NVFP4: a 96-register cap gave 1-3% (64-column bf16 tiles)
 # MXFP4 packed codes: 4 programs per SM walking all tiles (``--grid walk``: +0.4 to +6.5 points on
 # the large shapes, the same on the small ones). NVFP4 packed codes: 5 programs per SM walking all
@@ -824,7 +757,7 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
             mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
             f2fp: bool | None = None, row_step: int | None = None, split: bool | None = None,
             gen_matrix: bool | None = None, walk: str | None = None, row_fold: int | None = None,
-            fold_order: str | None = None, pdl: bool | str | None = None, tail: int | None = None):
+            fold_order: str | None = None, pdl: bool | str | None = None):
     """Launch the persistent kernel. MODE 1 returns its partial maxima (one per program, in a
     buffer allocated here); MODE 3 with an MX format returns the global scale the kernel copied
     from ``gs`` into a tensor allocated here (so the caller's constant is never handed out); the
@@ -874,15 +807,6 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
     iters = triton.cdiv(row_blocks * tiles_k if linear else row_blocks, row_step)
     nprog = row_step if linear else tiles_k * row_step
     interp = not x2.is_cuda
-    # the linear walk's last, partial round as sub-tiles of bm/tail rows (_rotq_kernel's TAIL)
-    if tail is not None and int(tail) > 1 and not linear:
-        raise ValueError(f"tail={tail} needs the linear walk (walk='linear'); the rows walk has no last round to cut")
-    n_tail = int(dflt.get("tail", 1) if tail is None else tail) if linear else 1
-    tp = tail_plan(M, K, T, bm, rf, tiles_k, nprog, n_tail) if linear else TailPlan(0, 0, 0, tiles_k, rf, 1)
-    n_tail = tp.tail
-    if n_tail > 1 and interp:   # (the interpreter's loops run whole rounds: the masks end them)
-        even = False
-    _LAST["tail"] = tp
     # bf16/fp16 x +-1 matrix on the tensor cores (exact products). Triton's CPU interpreter reads
     # bf16 operands of tl.dot as raw integers, so there the tile is upcast first (same products).
     lowp = has_rot and plan.scale is not None and x2.dtype in (torch.bfloat16, torch.float16) and not interp
@@ -918,16 +842,13 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
         x2, mat, out if out is not None else dummy, pk if pk is not None else dummy,
         sb if sb is not None else dummy, amax if amax is not None else dummy, gs if gs is not None else dummy,
         gso if gso is not None else dummy,
-        M, K, x2.stride(0), float(plan.scale or 1.0), tiles_k, row_step, iters, tp.main_tiles, tp.tail_tiles, tp.tail_blk0, tp.tiles_k_t,
+        M, K, x2.stride(0), float(plan.scale or 1.0), tiles_k, row_step, iters,
         T=T, TO=TO, G=G, BM=bm, HAS_ROT=has_rot, DOT_LOWP=lowp, POST_SCALE=plan.scale is not None and not fold_scale,
         MODE=mode, IS_BF16=x2.dtype == torch.bfloat16, IS_NV=is_nv, HW_ROUND=not interp, PERM=perm, ROWP=rowp, NW=nw, FCODE=fcode, EVEN=even,
         MX_MUL=small and not is_nv, NV_FMA=small and is_nv and not interp,
-        STAGES=None if interp else (stages or dflt["stages"]),
-        ITERS_C=(max(1, triton.cdiv(tp.main_tiles, nprog)) if linear else iters) if interp else 0, num_warps=nw,
+        STAGES=None if interp else (stages or dflt["stages"]), ITERS_C=iters if interp else 0, num_warps=nw,
         F2FP=True if f2fp is None else bool(f2fp), HGEN=plan.n if hgen else 0,
         HVAL=float(plan.scale) if hgen and fold_scale else 1.0, LINEAR=linear, FOLD=rf, FOLDC=fold_order == "chunks", PDL=use_pdl,
-        TAIL=n_tail, FOLD_T=tp.fold_t, ROWP_T=perm and (bm // n_tail) % (16 * nw) == 0,
-        ITERS_T=max(1, triton.cdiv(tp.tail_tiles, nprog)) if interp and n_tail > 1 else 0,
         enable_fp_fusion=False, **extra)
     return amax if mode == 1 else gso
 
@@ -938,7 +859,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
                     mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
                     f2fp: bool | None = None, row_step: int | None = None, split: bool | None = None,
                     gen_matrix: bool | None = None, walk: str | None = None, row_fold: int | None = None,
-                    fold_order: str | None = None, pdl: bool | str | None = None, tail: int | None = None):
+                    fold_order: str | None = None, pdl: bool | str | None = None):
     """Fused rotation + FP4 quantization; see the module docstring. ``global_scale`` (NVFP4):
     the fp32 encode scale to use; None computes it from the rotated input (an extra amax pass).
     A float or CPU tensor is checked here (finite, > 0); a CUDA tensor is used as is, without a
@@ -963,9 +884,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
     one input row); ``pdl``: programmatic dependent launch (sm_90+, see _rotq_kernel): False (off),
     "start" / "end" / "exit" (where each program lets the next kernel in the stream launch), True
     (the launch's own choice, see ``DEFAULT_LAUNCH``); None: the launch's default (off for every
-    call that leaves it None when the environment has FPQ_PDL=0); ``tail`` (linear walk): the last,
-    partial round of tiles cut into sub-tiles of block_m/tail rows (1 = off; 2, 4), so that it runs
-    on most programs instead of a few."""
+    call that leaves it None when the environment has FPQ_PDL=0)."""
     if output not in _OUTPUTS:
         raise ValueError(f"output must be one of {list(_OUTPUTS)}, got {output!r}")
     if output in ("fake", "packed"):
@@ -983,7 +902,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
     M = x2.shape[0]
     launch = dict(block_m=block_m, num_warps=num_warps, waves=waves, stages=stages, mma_order=mma_order, maxnreg=maxnreg,
                   fma_codes=fma_codes, f2fp=f2fp, row_step=row_step, split=split,
-                  gen_matrix=gen_matrix, walk=walk, row_fold=row_fold, fold_order=fold_order, pdl=pdl, tail=tail)
+                  gen_matrix=gen_matrix, walk=walk, row_fold=row_fold, fold_order=fold_order, pdl=pdl)
     if output == "rotated":
         out = torch.empty_like(x2)
         _launch(x2, plan, spec, 0, out=out, **launch)

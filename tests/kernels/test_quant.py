@@ -220,42 +220,6 @@ def test_row_fold_gives_the_same_bytes(dev, name, n):
 
 
 @pytest.mark.parametrize("name", SPECS)
-@pytest.mark.parametrize("n", [16, 128])
-def test_tail_subtiles_give_the_same_bytes(dev, name, n):
-    """The linear walk's last, partial round cut into sub-tiles (``tail`` 2 / 4: 32 / 16 rows, fewer
-    tile widths or one) gives the bytes of the walk without it in every output mode, with a partial
-    last row block and whole ones, folds 1-32, the had128 split; each case does cut (the plan says
-    so). ``tail`` on the rows walk, or one that leaves fewer than 16 rows, is an error."""
-    from fpq_core.kernels.quant import _LAST, rotate_quantize
-    from fpq_core.transforms import get_transform
-    spec = _spec(name)
-    t = get_transform("hadamard", size=n)
-    gs = torch.tensor([0.6], device=dev) if name == "nvfp4" else None
-    big = 32 * (128 if n == 128 else 64)            # fold 32 (16 for the split's 128-column tiles)
-    cases = [((70, 1024, 31), dict(row_step=4, tail=2)), ((70, 1024, 32), dict(row_step=3, tail=4, row_fold=1)),
-             ((64, 1024, 33), dict(row_step=7, tail=4, row_fold=2))]
-    if not interp():
-        cases += [((130, big, 34), dict(row_step=24, tail=4)), ((4096, big, 35), dict(row_step=660, tail=4)),
-                  ((2049, big, 36), dict(row_step=528, tail=2))]
-    for (m, k, seed), kw in cases:
-        x = _x(m, k, torch.bfloat16, dev, seed=seed)
-        base = dict(walk="linear", row_step=kw["row_step"], row_fold=kw.get("row_fold"))
-        ref = {o: rotate_quantize(x, spec, t, o, global_scale=gs, **base) for o in ("rotated", "amax", "fake", "packed")}
-        kw = dict(kw, walk="linear")
-        assert torch.equal(_bits(rotate_quantize(x, spec, t, "rotated", **kw)), _bits(ref["rotated"])), kw
-        assert _LAST["tail"].tail == kw["tail"] and _LAST["tail"].tail_tiles > 0, (kw, _LAST["tail"])
-        assert torch.equal(rotate_quantize(x, spec, t, "amax", **kw), ref["amax"]), kw
-        assert torch.equal(_bits(rotate_quantize(x, spec, t, "fake", global_scale=gs, **kw)), _bits(ref["fake"])), kw
-        pk, sb, _ = rotate_quantize(x, spec, t, "packed", global_scale=gs, **kw)
-        assert torch.equal(pk, ref["packed"][0]) and torch.equal(sb, ref["packed"][1]), kw
-    x = _x(64, 1024, torch.bfloat16, dev, seed=37)
-    with pytest.raises(ValueError, match="linear walk"):
-        rotate_quantize(x, spec, t, "packed", global_scale=gs, walk="rows", tail=2)
-    with pytest.raises(ValueError, match="tail=8"):
-        rotate_quantize(x, spec, t, "packed", global_scale=gs, walk="linear", row_step=3, tail=8)
-
-
-@pytest.mark.parametrize("name", SPECS)
 def test_whole_row_blocks_run_without_masks(dev, name):
     """M a multiple of the row block and a walk stride that divides the row blocks: the kernel's
     unmasked variant (``EVEN``) -- same bytes as the engine given the rotation, for several strides."""
