@@ -39,6 +39,9 @@ warp's load and store instructions cover contiguous bytes), each twice, interlea
 ``--grid pdl``: the default launch without programmatic dependent launch and with it, the next
 kernel let launch at the start, the end or the exit of each program (``pdl="start"|"end"|"exit"``),
 three times, interleaved; then copies of the MXFP4 byte count without and with PDL (each trigger).
+``--grid occ``: more programs per SM on the default walk -- NVFP4 packed codes with register caps
+80/72/64 and 6 programs per SM (3 stages), 72 with 7 and 64 with 8 (2 stages: less shared memory),
+MXFP4 with 5 and 6 -- against the default, three times, interleaved.
 ``--grid nvwalk`` (for NVFP4): the default launch against the linear walk with 5 programs per SM
 and 3 stages, three times, interleaved.
 ``--grid fold``: tiles of 64/F input rows times F tile widths (``row_fold`` F = 1, 2, 4, 8, each
@@ -73,7 +76,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--quick", action="store_true", help="same as --grid quick")
-    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen", "walk", "deep", "fold", "widefold", "nvwalk", "pdl"),
+    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen", "walk", "deep", "fold", "widefold", "nvwalk", "pdl", "occ"),
                     default=None)
     ap.add_argument("--rot", type=int, default=None, help="rotation size (default: the format's group size)")
     ap.add_argument("--cases", default="a_8192x14336,w_4096x4096",
@@ -184,6 +187,13 @@ def _grid(name: str, fmt: str):
     if name == "nvwalk":        # the default launch against the linear walk, 5 programs per SM, 3 stages; 3 times
         return [(None, None, None, st, None, None, None, (w,), kw) for _ in range(3)
                 for st, w, kw in ((None, None, {}), (3, 5, {"walk": "linear"}))]
+    if name == "occ":           # more programs per SM: NVFP4 under lower register caps (no spills since the
+        # tenth session's cuts), 2 stages for 7-8 programs; MXFP4 5 and 6 programs; three times, interleaved
+        if fmt == "nvfp4":
+            cfg = ((None, None, None), (80, 6, 3), (72, 6, 3), (64, 6, 3), (72, 7, 2), (64, 8, 2))
+        else:
+            cfg = ((None, None, None), (None, 5, None), (None, 6, None))
+        return [(None, None, None, st, mr, None, None, (w,), {}) for _ in range(3) for mr, w, st in cfg]
     if name == "pdl":           # the default launch without and with programmatic dependent launch, the next
         # kernel let launch at each program's start, end or exit; three times, interleaved
         return [(None, None, None, None, None, None, None, (None,), {"pdl": p})

@@ -39,7 +39,7 @@ def test_uneven_rows_walk_is_balanced():
 
 def test_launch_defaults_follow_the_sweeps():
     """MXFP4 packed: 4 programs per SM over all tiles; NVFP4: rows walk, 96 registers; had128 split:
-    2 stages on the small shapes, 3 programs per SM walking all tiles (3 stages) on the large."""
+    2 stages on 2048x4096, 3 programs per SM walking all tiles (3 stages) from 4096x4096 up."""
     from fpq_core.kernels.quant import launch_defaults
     tiles = lambda M, K, T: -(-M // 64) * (K // T)           # noqa: E731
     mx = launch_defaults(False, 3, False, tiles(2048, 4096, 64), 132)
@@ -53,7 +53,8 @@ def test_launch_defaults_follow_the_sweeps():
     assert (big["walk"], big["waves"], big["stages"], big["maxnreg"]) == ("linear", 3, 3, 128)
     small = launch_defaults(False, 3, True, tiles(2048, 4096, 128), 132)
     assert (small["walk"], small["stages"]) == ("rows", 2)
-    assert launch_defaults(False, 3, True, tiles(4096, 4096, 128), 132)["walk"] == "rows"
+    assert launch_defaults(False, 3, True, tiles(4096, 4096, 128), 132)["walk"] == "linear"   # 15.5 tiles per SM
+    assert launch_defaults(True, 3, True, tiles(4096, 4096, 128), 132)["stages"] == 3
     assert launch_defaults(False, 3, True, tiles(8192, 14336, 128), 132)["walk"] == "linear"
     # every launch folds 32 tile widths into a 64-row tile (2 input rows) where K allows
     assert all(launch_defaults(nv, mode, sp, tiles(2048, 4096, 64), 132)["row_fold"] == 32
