@@ -2,7 +2,7 @@
 
     python benchmarks/summarize_sweep.py benchmarks/results/sweep_quant_kernel_TAG.json [...]
 
-Each line: (case, format, rotation, walk, stages, waves, split_neg, gen_popc, pdl, register cap, registers, spills,
+Each line: (case, format, rotation, walk, stages, waves, split_neg, gen_popc, pdl, register cap, tail, registers, spills,
 shared memory) and the per-cent-of-copy of every run of that configuration, in run order (a
 configuration that failed shows its error); configurations whose bytes differ from the default
 launch are listed first as DIFF.
@@ -19,7 +19,7 @@ def summarize(path: str) -> list[str]:
     out = [f"== {path.split('/')[-1]}: {d['device'].get('gpu')}, copy {d['copy_GBps']:.0f} GB/s"]
     runs: dict = collections.defaultdict(list)
     for r in d["rows"]:
-        key = tuple(r.get(k) for k in ("case", "fmt", "rot", "walk", "stages", "waves", "split_neg", "gen_popc", "pdl", "maxnreg",
+        key = tuple(r.get(k) for k in ("case", "fmt", "rot", "walk", "stages", "waves", "split_neg", "gen_popc", "pdl", "maxnreg", "tail",
                                        "n_regs", "n_spills", "shared"))
         runs[key].append(r["error"][:60] if "error" in r else round(r.get("pct_copy", float("nan")), 1))
         if r.get("equal_to_default") is False:

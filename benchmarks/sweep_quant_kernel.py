@@ -50,6 +50,10 @@ per SM, stages 2/3) and the rows walk (4, 16). (The ninth session's grids ``neg`
 instead of -H in shared memory -- and ``popc`` -- the Hadamard's signs by the hardware popcount --
 ran on the kernel of commit 613c70b, not kept: MXFP4 within a point, NVFP4 8-14 points slower (its
 register cap spills); popc 0.2-1 point slower: results/sweep_quant_kernel_neg128.json, _popc.json.)
+(The eleventh session's grid ``tail`` -- the linear walk's last, partial round of tiles cut into
+sub-tiles of 32 or 16 rows, and for ``--rot 128`` the split's launches with and without it -- ran on
+the kernel of commit fd974ba, slower on every shape, not kept; its ``tail 1`` rows of the split are
+what moved the split's large launch down to 4096x4096: results/sweep_quant_kernel_tail.json, _tail128.json.)
 (The eighth session's grid ``prefetch`` -- the L2 prefetch of each program's first two tiles
 before its set-up, fold 8 and 32 -- ran on the kernel of commit 7a35218, slower on every shape,
 not kept: results/sweep_quant_kernel_prefetch.json, _prefetch128.json.) (The seventh session's grids ``halves`` and ``wide`` -- 128-column tiles of the group-size
