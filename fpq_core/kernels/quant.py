@@ -733,9 +733,10 @@ NV_PACKED_LAUNCH = dict(NV_LAUNCH, walk="linear", waves=5, pdl="start")
 # 64x128 tiles are 48 KB of shared memory (4 programs per SM); NVFP4 needs 128 registers there (96 spill).
 # Large shapes: three stages (64 KB, 3 programs per SM) and 3 programs per SM walking all tiles
 # (``--grid split`` and ``--grid walk --rot 128``: +4 to +11 points against rows / 2 stages there;
-# the two small shapes were best with the latter). From 12 tiles per SM since the eleventh session
-# (was 32): 4096x4096 (15.5 per SM) gains 1.7 (MXFP4) and 2.4 (NVFP4) points that way, 2048x4096
-# (7.8) keeps rows / 2 stages, 10 points ahead for MXFP4 (``--grid tail --rot 128``, tail 1 rows).
+# the ninth session put both small shapes on the latter). From 12 tiles per SM since the eleventh
+# session (was 32): 4096x4096 (15.5 per SM) gains 1.8 (MXFP4) and 2.3 (NVFP4) points that way;
+# 2048x4096 (7.8) keeps rows / 2 stages, 10 points ahead for MXFP4 (``--grid tail --rot 128``, its
+# "tail 1" rows, three runs each; docs/performance.md, section 1).
 SPLIT_LAUNCH = dict(DEFAULT_LAUNCH, stages=2, large_tiles_per_sm=12, pdl="start",
                     large={"walk": "linear", "waves": 3, "stages": 3})
 NV_SPLIT_LAUNCH = dict(SPLIT_LAUNCH, maxnreg=128)
