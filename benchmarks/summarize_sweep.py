@@ -2,8 +2,8 @@
 
     python benchmarks/summarize_sweep.py benchmarks/results/sweep_quant_kernel_TAG.json [...]
 
-Each line: (case, format, rotation, walk, stages, waves, split_neg, gen_popc, pdl, register cap, tail, registers, spills,
-shared memory) and the per-cent-of-copy of every run of that configuration, in run order (a
+Each line: (case, format, rotation, walk, stages, waves, split_neg, gen_popc, pdl, register cap, tail,
+registers, spills, shared memory) and the per-cent-of-copy of every run of that configuration, in run order (a
 configuration that failed shows its error); configurations whose bytes differ from the default
 launch are listed first as DIFF.
 """

@@ -39,8 +39,8 @@ def test_uneven_rows_walk_is_balanced():
 
 def test_launch_defaults_follow_the_sweeps():
     """MXFP4 packed: 4 programs per SM over all tiles; NVFP4 packed: 5, 96 registers (fake quant: the
-    rows walk); had128 split:
-    2 stages on 2048x4096, 3 programs per SM walking all tiles (3 stages) from 4096x4096 up."""
+    rows walk); had128 split: 2 stages on 2048x4096, 3 programs per SM walking all tiles (3 stages)
+    from 4096x4096 up."""
     from fpq_core.kernels.quant import launch_defaults
     tiles = lambda M, K, T: -(-M // 64) * (K // T)           # noqa: E731
     mx = launch_defaults(False, 3, False, tiles(2048, 4096, 64), 132)
