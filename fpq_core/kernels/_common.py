@@ -119,19 +119,20 @@ def nv_scale_fast(amax, g, rg, zero_byte):
     """:func:`nv_scale` for a global scale g in [2^-40, 2^40], given rg = RN(1/g) and the byte
     of an all-zero group (``zero_byte`` = E4M3 byte of min(g, 448): its scale is 1). GPU only.
 
+    * the E4M3 value e and its byte from one hardware cast and one decode
+      (:func:`e4m3_byte_value_hw`); e == 0 (byte 0) marks the all-zero group, one predicate for
+      both of its selects;
     * fl32(e/g) by Markstein's correction from rg (:func:`div_markstein`): e has at most 4
       significant bits, so it is among the bf16 mantissas the exhaustive check covers, and
       e/g lies in [2^-49, 2^49] (nothing under/overflows);
     * the byte straight from e: s = fl32(e/g) gives fl32(s*g) = e (1 + d) with |d| <= 2^-23,
       far inside E4M3's spacing (>= 2^-4 relative for normals, 2^-9 absolute for subnormals),
-      so the engine's RNE_e4m3(min(s*g, 448)) is e itself; the hardware cast then gives its
-      byte (exact: e is an E4M3 value)."""
-    b = nv_group_e4m3_hw(amax, g)
-    e = e4m3_value(b)
-    s = div_markstein(e, g, rg)
-    s = tl.where(s == 0.0, 1.0, s)
-    byte = tl.where(b == 0, zero_byte, b.to(tl.uint8))
-    return s, byte
+      so the engine's RNE_e4m3(min(s*g, 448)) is e itself, whose byte the cast gave."""
+    b, e = e4m3_byte_value_hw(nv_group_ro32(amax, g))
+    zero = e == 0.0
+    s = tl.where(zero, 1.0, div_markstein(e, g, rg))
+    byte = tl.where(zero, zero_byte, b)
+    return s, byte.to(tl.uint8)
 
 
 @triton.jit
@@ -146,7 +147,7 @@ def e4m3_value(b):
 @triton.jit
 def nv_group_e4m3_hw(amax, g):
     """:func:`nv_group_e4m3` with the E4M3 rounding in hardware (GPU only), as its byte (int32):
-    t = fl64(fl64(amax/6) g) is rounded to float32 *to odd* -- truncated (cvt.rz), its last bit
+    :func:`nv_group_ro32`, then the hardware cast. t = fl64(fl64(amax/6) g) is rounded to float32 *to odd* -- truncated (cvt.rz), its last bit
     set where the float64 mantissa bits the truncation dropped (the low 29, for a normal float32)
     are not all zero -- and the float32 to E4M3 cast (round to nearest even, saturating at 448)
     follows. Rounding to odd with at least two more bits than the target makes the second
@@ -159,10 +160,18 @@ def nv_group_e4m3_hw(amax, g):
     thread and tile in the quant kernel's NVFP4 loop, two of them on the conversion unit.)
     Checked against the float64 rule for every bf16 and fp16 amax and global scales across the
     fast path's range on the GPU."""
+    return e4m3_byte_hw(nv_group_ro32(amax, g))
+
+
+@triton.jit
+def nv_group_ro32(amax, g):
+    """t = fl64(fl64(amax/6) g) rounded to float32 to odd (GPU only): truncated (cvt.rz), its last
+    bit set where the float64 mantissa bits the truncation dropped are not all zero. Its E4M3
+    rounding is the float64 rule's (:func:`nv_group_e4m3_hw`)."""
     t = div6_f64(amax.to(tl.float64), True) * g.to(tl.float64)
     f = tl.inline_asm_elementwise("cvt.rz.f32.f64 $0, $1;", "=f,d", [t], dtype=tl.float32, is_pure=True, pack=1)
     sticky = ((t.to(tl.int64, bitcast=True) & 0x1FFFFFFF) != 0).to(tl.int32)
-    return e4m3_byte_hw((f.to(tl.int32, bitcast=True) | sticky).to(tl.float32, bitcast=True))
+    return (f.to(tl.int32, bitcast=True) | sticky).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -174,6 +183,19 @@ def e4m3_byte_hw(v):
     h = tl.inline_asm_elementwise("{ .reg .b16 h; cvt.rn.satfinite.e4m3x2.f32 h, $1, $1; cvt.u32.u16 $0, h; }",
                                   "=r,f", [v], dtype=tl.int32, is_pure=True, pack=1)
     return h & 0xFF
+
+
+@triton.jit
+def e4m3_byte_value_hw(v):
+    """(byte, value) of RNE_e4m3(v) for float32 v >= 0 (saturating at 448), GPU only: the byte as
+    :func:`e4m3_byte_hw` gives it (int16 holding it in both bytes: store the low one) and the
+    E4M3 value as float32, decoded by the hardware (cvt.rn.f16x2.e4m3x2 then float16 -> float32:
+    exact, every E4M3 value is a float16) -- two conversions where :func:`e4m3_value` takes a
+    mask, a shift, a mask and a multiply, and no mask for the byte."""
+    return tl.inline_asm_elementwise(
+        "{ .reg .b16 lo, hi; .reg .b32 p; cvt.rn.satfinite.e4m3x2.f32 $0, $2, $2; "
+        "cvt.rn.f16x2.e4m3x2 p, $0; mov.b32 {lo, hi}, p; cvt.f32.f16 $1, lo; }",
+        "=h,=f,f", [v], dtype=(tl.int16, tl.float32), is_pure=True, pack=1)
 
 
 @triton.jit
@@ -308,16 +330,19 @@ def absmax2(a, b):
 
 @triton.jit
 def rcp_rn(s):
-    """RN(1/s), float32, for |s| in [2^-64, 2^64] (GPU only). ``tl.div_rn(1, s)`` compiles to
-    this sequence -- MUFU.RCP, a Newton step (two FFMAs), then the quotient's correction (two
-    FFMAs) -- plus FCHK, which sends operands whose exponents could under/overflow an
-    intermediate to a slow subroutine; in this range it never does, so the check, its branch and
-    the call's set-up (about a dozen instructions per NVFP4 group in the quant kernel's loop) are
-    dropped. Checked against ``tl.div_rn`` for every float32 mantissa at every exponent in the
-    range in tests/kernels/test_division_shortcuts.py."""
+    """RN(1/s), float32, for |s| in [2^-64, 2^64] (GPU only): MUFU.RCP (rcp.approx), then one
+    correction e = 1 - s r, r + r e (two FFMAs). ``tl.div_rn(1, s)`` compiles to MUFU.RCP, a Newton
+    step and that correction (four FFMAs) plus FCHK, which sends operands whose exponents could
+    under/overflow an intermediate to a slow subroutine; in this range it never does, so the
+    check, its branch and the call's set-up (about a dozen instructions per NVFP4 group in the
+    quant kernel's loop) are dropped (tenth session), and the Newton step before the correction
+    too (twelfth: rcp.approx is within an ulp, and the one correction already lands on RN(1/s)
+    for every float32 in the range -- benchmarks/check_rcp_one_newton.py, 2^31 values, none
+    differ on the H100). Checked against ``tl.div_rn`` for every float32 mantissa at every
+    exponent in the range in tests/kernels/test_division_shortcuts.py."""
     return tl.inline_asm_elementwise(
         "{ .reg .f32 n, r, e; neg.f32 n, $1; rcp.approx.ftz.f32 r, $1; fma.rn.f32 e, n, r, 0f3F800000; "
-        "fma.rn.f32 r, r, e, r; fma.rn.f32 e, n, r, 0f3F800000; fma.rn.f32 $0, r, e, r; }",
+        "fma.rn.f32 $0, r, e, r; }",
         "=f,f", [s], dtype=tl.float32, is_pure=True, pack=1)
 
 
@@ -380,9 +405,11 @@ def small_f(q, HW: tl.constexpr):
 def nv_small_threshold(s, kz):
     """Per NVFP4 group, for :func:`nv_small_f`: kz * t with t the float after RD32(s (1/4 + 2^-26))
     (``kz``: the program's power of two from :func:`nv_small_scale`). GPU only (fma.rm)."""
-    th = tl.inline_asm_elementwise("fma.rm.f32 $0, $1, $2, $3;", "=f,f,f,f", [s, 1.4901161193847656e-08, s * 0.25],
+    # kz folded into the fma's operands: kz RD(s/4 + s 2^-26) = RD(s (kz/4) + s (kz 2^-26)) and
+    # kz nextfloat(x) = nextfloat(kz x), kz a power of two and every value here normal
+    th = tl.inline_asm_elementwise("fma.rm.f32 $0, $1, $2, $3;", "=f,f,f,f", [s, kz * 1.4901161193847656e-08, s * (kz * 0.25)],
                                    dtype=tl.float32, is_pure=True, pack=1)
-    return (th.to(tl.int32, bitcast=True) + 1).to(tl.float32, bitcast=True) * kz
+    return (th.to(tl.int32, bitcast=True) + 1).to(tl.float32, bitcast=True)
 
 
 @triton.jit

@@ -84,7 +84,8 @@ try:
     import triton.language as tl
 
     from fpq_core.kernels._common import (bf16_round_hw, div6_f64, div_markstein, e2m1, e2m1_code, e2m1_index_f, e2m1_round,
-                                         e4m3_byte, e4m3_value, nv_group_e4m3, nv_group_e4m3_hw, nv_small_f, nv_small_scale,
+                                         e4m3_byte, e4m3_byte_value_hw, e4m3_value, nv_group_e4m3, nv_group_e4m3_hw,
+                                         nv_group_ro32, nv_small_f, nv_small_scale,
                                          nv_small_threshold, rcp_rn, small_f)
 except ImportError:      # CPU-only install: the two Triton tests below skip
     triton = None
@@ -155,7 +156,7 @@ if triton is not None:
 
     @triton.jit
     def _nv_e4m3_check(a_ptr, g, out_ptr, N, BLOCK: tl.constexpr):
-        # out: [ref value, hw value, ref byte, hw byte] per amax
+        # out: [ref value, hw value, ref byte, hw byte, value and byte of e4m3_byte_value_hw] per amax
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         m = offs < N
         amax = tl.load(a_ptr + offs, mask=m, other=0.0)
@@ -165,6 +166,9 @@ if triton is not None:
         tl.store(out_ptr + N + offs, e4m3_value(hw), mask=m)
         tl.store(out_ptr + 2 * N + offs, e4m3_byte(ref).to(tl.float32), mask=m)
         tl.store(out_ptr + 3 * N + offs, hw.to(tl.float32), mask=m)
+        b2, v2 = e4m3_byte_value_hw(nv_group_ro32(amax, g))   # what nv_scale_fast uses
+        tl.store(out_ptr + 4 * N + offs, v2, mask=m)
+        tl.store(out_ptr + 5 * N + offs, (b2.to(tl.int32) & 0xFF).to(tl.float32), mask=m)
 
     @triton.jit
     def _nv_small_check(y_ptr, s_ptr, g, out_ptr, N, BLOCK: tl.constexpr):
@@ -350,19 +354,21 @@ def test_nv_group_scale_rounding_to_odd_equals_float64_rule(dev):
     """nv_group_e4m3_hw (float64 -> float32 rounded to odd, then the hardware E4M3 cast) gives the
     float64 rule's E4M3 byte, and e4m3_value of that byte its value, for every positive bf16 and
     fp16 amax and global scales across the fast path's range (groups on E4M3 ties, subnormals,
-    448). One thread holds one value here: the pairwise cast's partner is undefined."""
+    448); so does e4m3_byte_value_hw (the cast and the hardware decode, as the kernel's
+    nv_scale_fast takes them). One thread holds one value here: the pairwise cast's partner is
+    undefined."""
     if kernel_device() != "cuda":
         pytest.skip("inline PTX conversion: GPU only (the kernel uses it on the GPU only)")
     a = torch.cat([_all_positive(torch.bfloat16), _all_positive(torch.float16), torch.zeros(1)]).cuda()
     n = a.numel()
-    out = torch.empty(4 * n, dtype=torch.float32, device="cuda")
+    out = torch.empty(6 * n, dtype=torch.float32, device="cuda")
     gs = [2.0 ** k * f for k in range(-40, 41, 3) for f in (1.0, 1.5, 1.3333333, 1.0000001)] + [6.0, 12.0, 448 * 6.0]
     fails = []
     for g in gs:
         g32 = float(torch.tensor(g, dtype=torch.float32))
         _nv_e4m3_check[((n + 127) // 128,)](a, g32, out, n, BLOCK=128, enable_fp_fusion=False)
-        ref, hw, rb, hb = out.view(4, n)
-        bad = (ref != hw) | (rb != hb)
+        ref, hw, rb, hb, v2, b2 = out.view(6, n)
+        bad = (ref != hw) | (rb != hb) | (ref != v2) | (rb != b2)
         if bool(bad.any()):
             i = bad.nonzero()[:4, 0]
             fails.append((g32, int(bad.sum()), [(a[j].item(), ref[j].item(), hw[j].item(), rb[j].item(), hb[j].item())
