@@ -14,7 +14,11 @@ Variants (``VARIANTS``): ``divrn`` -- the NVFP4 group scale's reciprocal by ``tl
 (FCHK, a branch and the division's slow-path call per group) instead of ``rcp_rn``; ``session9`` --
 that and the ninth session's E4M3 byte of the group scale (a float64 min(t, 448) and a round trip
 to float64 for the inexact test): the tenth session's first two changes together; ``absmax`` --
-the group amax and the amax pass by ``tl.max(tl.abs(y))`` instead of ``absmax2``.
+the group amax and the amax pass by ``tl.max(tl.abs(y))`` instead of ``absmax2``; ``session11`` -- the
+eleventh session's kernel (the twelfth session's changes undone: the load pointers, the NVFP4 per-group cuts and the reciprocal's Newton step); ``unroll2`` -- the MXFP4
+packed-code walk unrolled by 2; ``rcp2`` -- the NVFP4 reciprocal with the Newton step before its
+correction (the eleventh session's ``rcp_rn``); ``mxsplitrows`` -- the MXFP4 had128 split's loads
+by ``_tile_rows`` (before its last change of the twelfth session).
 """
 from __future__ import annotations
 
@@ -34,12 +38,46 @@ _RCP = ("                r = rcp_rn(s)         # s in [2^-49, 2^49]: no range ch
         "                r = tl.div_rn(tl.full(s.shape, 1.0, tl.float32), s)\n")
 _E4M3_NOW = """    f = tl.inline_asm_elementwise("cvt.rz.f32.f64 $0, $1;", "=f,d", [t], dtype=tl.float32, is_pure=True, pack=1)
     sticky = ((t.to(tl.int64, bitcast=True) & 0x1FFFFFFF) != 0).to(tl.int32)
-    return e4m3_byte_hw((f.to(tl.int32, bitcast=True) | sticky).to(tl.float32, bitcast=True))
+    return (f.to(tl.int32, bitcast=True) | sticky).to(tl.float32, bitcast=True)
 """
 _E4M3_PREV = """    t = tl.minimum(t, 448.0)
     f = tl.inline_asm_elementwise("cvt.rz.f32.f64 $0, $1;", "=f,d", [t], dtype=tl.float32, is_pure=True, pack=1)
-    fo = (f.to(tl.int32, bitcast=True) | (f.to(tl.float64) != t).to(tl.int32)).to(tl.float32, bitcast=True)
-    return e4m3_byte_hw(fo)
+    return (f.to(tl.int32, bitcast=True) | (f.to(tl.float64) != t).to(tl.int32)).to(tl.float32, bitcast=True)
+"""
+# the twelfth session's changes, as the eleventh session had them (for the "session11" variant)
+_LOADS_NOW = """        if IS_NV and MODE == 2:
+            rows, xrow = _tile_rows(tl.arange(0, BM), pid_m, pid_k, stride_xm, T, BM, FOLD, FOLDC)
+            px = x_ptr + xrow[:, None] + kk[None, :]
+        else:"""
+_LOADS_PREV = """        if True:
+            rows, xrow = _tile_rows(tl.arange(0, BM), pid_m, pid_k, stride_xm, T, BM, FOLD, FOLDC)
+            px = x_ptr + xrow[:, None] + kk[None, :]
+        else:"""
+_UNROLL = ('MX_PACKED_LAUNCH = dict(DEFAULT_LAUNCH, walk="linear", waves=4)',
+           'MX_PACKED_LAUNCH = dict(DEFAULT_LAUNCH, walk="linear", waves=4, unroll=2)')
+_SPLIT_LOADS = ("        kh = tl.arange(0, TO)\n        if IS_NV:", "        kh = tl.arange(0, TO)\n        if True:")
+_SCALE_NOW = """    b, e = e4m3_byte_value_hw(nv_group_ro32(amax, g))
+    zero = e == 0.0
+    s = tl.where(zero, 1.0, div_markstein(e, g, rg))
+    byte = tl.where(zero, zero_byte, b)
+    return s, byte.to(tl.uint8)
+"""
+_SCALE_PREV = """    b = nv_group_e4m3_hw(amax, g)
+    e = e4m3_value(b)
+    s = div_markstein(e, g, rg)
+    s = tl.where(s == 0.0, 1.0, s)
+    byte = tl.where(b == 0, zero_byte, b.to(tl.uint8))
+    return s, byte
+"""
+_THRESH_NOW = """    th = tl.inline_asm_elementwise("fma.rm.f32 $0, $1, $2, $3;", "=f,f,f,f", [s, kz * 1.4901161193847656e-08, s * (kz * 0.25)],
+                                   dtype=tl.float32, is_pure=True, pack=1)
+    return (th.to(tl.int32, bitcast=True) + 1).to(tl.float32, bitcast=True)"""
+_THRESH_PREV = """    th = tl.inline_asm_elementwise("fma.rm.f32 $0, $1, $2, $3;", "=f,f,f,f", [s, 1.4901161193847656e-08, s * 0.25],
+                                   dtype=tl.float32, is_pure=True, pack=1)
+    return (th.to(tl.int32, bitcast=True) + 1).to(tl.float32, bitcast=True) * kz"""
+_RCP_NOW = """        "fma.rn.f32 $0, r, e, r; }",
+"""
+_RCP_PREV = """        "fma.rn.f32 r, r, e, r; fma.rn.f32 e, n, r, 0f3F800000; fma.rn.f32 $0, r, e, r; }",
 """
 # name -> {"quant": ((old, new), ...) applied to quant.py's source, "common": (...) to _common.py's}
 VARIANTS = {
@@ -53,6 +91,16 @@ VARIANTS = {
     # instead of absmax2 (max.xorsign.abs)
     "absmax": {"quant": (("        if HW_ROUND and MODE == 3 and not IS_NV:    # max |y| per group", "        if False:  # max |y| per group"),
                          ("            run_max = absmax2(run_max, y)\n", "            run_max = tl.maximum(run_max, tl.abs(y))\n"))},
+    # the eleventh session's kernel: loads by _tile_rows, the NVFP4 group scale's value by e4m3_value
+    # and two zero tests, kz applied after the threshold's fma, its reciprocal with a Newton step more
+    "session11": {"quant": ((_LOADS_NOW, _LOADS_PREV), _SPLIT_LOADS),
+                  "common": ((_SCALE_NOW, _SCALE_PREV), (_THRESH_NOW, _THRESH_PREV), (_RCP_NOW, _RCP_PREV))},
+    # the MXFP4 had128 split's loads by _tile_rows (as NVFP4's split keeps them)
+    "mxsplitrows": {"quant": (_SPLIT_LOADS,)},
+    # the MXFP4 packed-code walk unrolled by 2 (fewer instructions per tile; measured slower)
+    "unroll2": {"quant": (_UNROLL,)},
+    # the NVFP4 group scale's reciprocal with the Newton step before its correction (the eleventh session's)
+    "rcp2": {"common": ((_RCP_NOW, _RCP_PREV),)},
 }
 
 

@@ -80,7 +80,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--quick", action="store_true", help="same as --grid quick")
-    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen", "walk", "deep", "fold", "widefold", "nvwalk", "pdl", "occ"),
+    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen", "walk", "deep", "fold", "widefold", "nvwalk", "pdl", "occ", "unroll"),
                     default=None)
     ap.add_argument("--rot", type=int, default=None, help="rotation size (default: the format's group size)")
     ap.add_argument("--cases", default="a_8192x14336,w_4096x4096",
@@ -199,6 +199,8 @@ def _grid(name: str, fmt: str):
         else:
             cfg = ((None, None, None), (None, 5, None), (None, 6, None))
         return [(None, None, None, st, mr, None, None, (w,), {}) for _ in range(3) for mr, w, st in cfg]
+    if name == "unroll":        # the walk's loop unrolled by 1 or 2 (loop_unroll_factor); three times, interleaved
+        return [(None, None, None, None, None, None, None, (None,), {"unroll": u}) for _ in range(3) for u in (1, 2)]
     if name == "pdl":           # the default launch without and with programmatic dependent launch, the next
         # kernel let launch at each program's start, end or exit; three times, interleaved
         return [(None, None, None, None, None, None, None, (None,), {"pdl": p})

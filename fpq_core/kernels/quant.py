@@ -245,13 +245,22 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, z
     ``mat`` = H and ``mat2`` = -H (TO x TO, columns in the matrix-unit order), i.e. the same fp32
     sums in the same order as the (BM, T) x (T, T) dot, but half the accumulator registers and half
     the matrix in shared memory; each half then goes through the epilogue on its own."""
-    rows, xrow = _tile_rows(tl.arange(0, BM), pid_m, pid_k, stride_xm, T, BM, FOLD, FOLDC)
     if TO == T:
         kk = tl.arange(0, T)
+        if IS_NV and MODE == 2:
+            rows, xrow = _tile_rows(tl.arange(0, BM), pid_m, pid_k, stride_xm, T, BM, FOLD, FOLDC)
+            px = x_ptr + xrow[:, None] + kk[None, :]
+        else:
+            # the tile's pointer once per tile, the rows' offsets hoisted out of the walk: 5-8 fewer
+            # instructions per tile (sm_90 SASS). Not for NVFP4 fake quant (ptxas then spills under its
+            # 96-register cap) nor the split below (NVFP4 spills at 128; MXFP4 measured 0.3 points faster
+            # at 4096x4096, 1.1 slower at 2048x4096: ab_quant_kernel.py --variant mxsplitrows)
+            rows, xrow = _tile_ptrs(x_ptr, tl.arange(0, BM), pid_m, pid_k, stride_xm, T, BM, FOLD, FOLDC)
+            px = xrow[:, None] + kk[None, :]
         if EVEN:        # every row block of every program's walk is whole and inside: no masks
-            x = tl.load(x_ptr + xrow[:, None] + kk[None, :])
+            x = tl.load(px)
         else:           # the mask also covers the row blocks past the end of a program's walk
-            x = tl.load(x_ptr + xrow[:, None] + kk[None, :], mask=rows[:, None] < M, other=0.0)
+            x = tl.load(px, mask=rows[:, None] < M, other=0.0)
         if HAS_ROT:
             if DOT_LOWP:   # bf16/fp16 input times the exact +-1 matrix: tensor cores, fp32 accumulate
                 y = tl.dot(x, mat, out_dtype=tl.float32)
@@ -264,6 +273,7 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, z
                             T, T, G, BM, HAS_ROT, DOT_LOWP, MODE, IS_NV, IS_BF16, HW_ROUND, MX_MUL, NV_FMA, PERM,
                             ROWP, NW, FCODE, EVEN, FOLD, FOLDC)
     else:
+        rows, xrow = _tile_rows(tl.arange(0, BM), pid_m, pid_k, stride_xm, T, BM, FOLD, FOLDC)
         kh = tl.arange(0, TO)
         pa = x_ptr + xrow[:, None] + kh[None, :]
         if EVEN:
@@ -302,6 +312,25 @@ def _tile_rows(i, pid_m, pid_k, stride, W: tl.constexpr, BM: tl.constexpr, FOLD:
         else:
             rows = pid_m * R + i % R
             return rows, rows * stride + (pid_k * FOLD + i // R) * W
+
+
+@triton.jit
+def _tile_ptrs(base, i, pid_m, pid_k, stride, W: tl.constexpr, BM: tl.constexpr, FOLD: tl.constexpr, FOLDC: tl.constexpr):
+    """(input row, pointer to the row's first element) of tile rows i, as _tile_rows, with the
+    pointer formed as (base + the tile's offset) + the row's offset within the tile: the tile's
+    offset is one scalar per tile, the rows' offsets do not change from tile to tile (hoisted out
+    of the walk), so each address is one 64-bit add of a loop-invariant offset."""
+    if FOLD == 1:
+        rows = pid_m * BM + i
+        return rows, (base + (pid_m * BM * stride + pid_k * W)) + i * stride
+    else:
+        R: tl.constexpr = BM // FOLD
+        if FOLDC:
+            rows = pid_m * R + i // FOLD
+            return rows, (base + (pid_m * R * stride + pid_k * FOLD * W)) + ((i // FOLD) * stride + (i % FOLD) * W)
+        else:
+            rows = pid_m * R + i % R
+            return rows, (base + (pid_m * R * stride + pid_k * FOLD * W)) + ((i % R) * stride + (i // R) * W)
 
 
 @triton.jit
@@ -489,7 +518,8 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
                  HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
                  ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr,
                  ITERS_C: tl.constexpr, F2FP: tl.constexpr, HGEN: tl.constexpr, HVAL: tl.constexpr,
-                 LINEAR: tl.constexpr, FOLD: tl.constexpr, FOLDC: tl.constexpr, PDL: tl.constexpr):
+                 LINEAR: tl.constexpr, FOLD: tl.constexpr, FOLDC: tl.constexpr, PDL: tl.constexpr,
+                 UNROLL: tl.constexpr):
     """Persistent: each program loads (or builds) the rotation matrix once, keeps one column tile
     (pid % tiles_k) and walks the row blocks pid // tiles_k + i * row_step (the grid is
     tiles_k * row_step programs, so no division per tile; where row_step does not divide the row
@@ -510,7 +540,10 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
     without PDL, with this kernel's launch and set-up overlapping the previous kernel's end. It lets
     the next kernel launch (griddepcontrol.launch_dependents) at its start (``PDL`` 1: the next
     kernel's programs may then take free slots and do their set-up while this one runs), after its
-    last tile (2), or when it exits (3)."""
+    last tile (2), or when it exits (3).
+
+    ``UNROLL``: the walk's loop unrolled by that factor (Triton's loop_unroll_factor; 1: not).
+    """
     if PDL == 1:
         gdc_launch_dependents()
     kk = tl.arange(0, TO)
@@ -570,7 +603,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
             dk = row_step % tiles_k
             pm = pid_m0
             pk = pid_k
-            for it in tl.range(0, n_it, num_stages=STAGES):
+            for it in tl.range(0, n_it, num_stages=STAGES, loop_unroll_factor=UNROLL):
                 run_max = _rotq_tile(pm, pk, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                      stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
                                      HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD, FOLDC)
@@ -588,7 +621,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
             n_it = iters
         else:   # a walk ends at the last row block: no idle masked tile where the stride is uneven
             n_it = tl.cdiv(tl.cdiv(M, BM // FOLD) - pid_m0, row_step)
-        for it in tl.range(0, n_it, num_stages=STAGES):
+        for it in tl.range(0, n_it, num_stages=STAGES, loop_unroll_factor=UNROLL):
             run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                  stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
                                  HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD, FOLDC)
@@ -720,7 +753,7 @@ def grid_stride(row_blocks: int, tiles_k: int, sms: int, waves: int, small_waves
 # points slower for MXFP4 packed codes, whose SMs keep room for the next kernel's programs (our
 # reading, not profiled: they take it early)).
 DEFAULT_LAUNCH = {"block_m": 64, "num_warps": 4, "waves": 16, "stages": 3, "maxnreg": None, "small_waves": 4,
-                  "walk": "rows", "row_fold": 32, "pdl": "end"}
+                  "walk": "rows", "row_fold": 32, "pdl": "end", "unroll": 1}
 NV_LAUNCH = dict(DEFAULT_LAUNCH, maxnreg=96)     # NVFP4: a 96-register cap gave 1-3% (64-column bf16 tiles)
 # MXFP4 packed codes: 4 programs per SM walking all tiles (``--grid walk``: +0.4 to +6.5 points on
 # the large shapes, the same on the small ones). NVFP4 packed codes: 5 programs per SM walking all
@@ -760,7 +793,7 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
             mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
             f2fp: bool | None = None, row_step: int | None = None, split: bool | None = None,
             gen_matrix: bool | None = None, walk: str | None = None, row_fold: int | None = None,
-            fold_order: str | None = None, pdl: bool | str | None = None):
+            fold_order: str | None = None, pdl: bool | str | None = None, unroll: int | None = None):
     """Launch the persistent kernel. MODE 1 returns its partial maxima (one per program, in a
     buffer allocated here); MODE 3 with an MX format returns the global scale the kernel copied
     from ``gs`` into a tensor allocated here (so the caller's constant is never handed out); the
@@ -838,6 +871,9 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
     mr = (dflt["maxnreg"] if TO <= 64 and small else None) if maxnreg is None else (maxnreg or None)
     extra = {"maxnreg": mr} if mr and not interp else {}
     pdl = resolve_pdl(pdl, dflt["pdl"])
+    unr = int(dflt["unroll"] if unroll is None else unroll)
+    if unr < 1:
+        raise ValueError(f"unroll must be >= 1, got {unroll!r}")
     use_pdl = 0 if pdl is False or not _pdl_capable(x2.device) else {"start": 1, "end": 2, "exit": 3}[pdl]
     if use_pdl:
         extra["launch_pdl"] = True
@@ -852,6 +888,7 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
         STAGES=None if interp else (stages or dflt["stages"]), ITERS_C=iters if interp else 0, num_warps=nw,
         F2FP=True if f2fp is None else bool(f2fp), HGEN=plan.n if hgen else 0,
         HVAL=float(plan.scale) if hgen and fold_scale else 1.0, LINEAR=linear, FOLD=rf, FOLDC=fold_order == "chunks", PDL=use_pdl,
+        UNROLL=1 if interp else unr,
         enable_fp_fusion=False, **extra)
     return amax if mode == 1 else gso
 
@@ -862,7 +899,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
                     mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
                     f2fp: bool | None = None, row_step: int | None = None, split: bool | None = None,
                     gen_matrix: bool | None = None, walk: str | None = None, row_fold: int | None = None,
-                    fold_order: str | None = None, pdl: bool | str | None = None):
+                    fold_order: str | None = None, pdl: bool | str | None = None, unroll: int | None = None):
     """Fused rotation + FP4 quantization; see the module docstring. ``global_scale`` (NVFP4):
     the fp32 encode scale to use; None computes it from the rotated input (an extra amax pass).
     A float or CPU tensor is checked here (finite, > 0); a CUDA tensor is used as is, without a
@@ -887,7 +924,9 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
     one input row); ``pdl``: programmatic dependent launch (sm_90+, see _rotq_kernel): False (off),
     "start" / "end" / "exit" (where each program lets the next kernel in the stream launch), True
     (the launch's own choice, see ``DEFAULT_LAUNCH``); None: the launch's default (off for every
-    call that leaves it None when the environment has FPQ_PDL=0)."""
+    call that leaves it None when the environment has FPQ_PDL=0); ``unroll``: the walk's loop
+    unrolled by that factor (1, the default: not; 2 has fewer instructions per tile for MXFP4 but
+    ran 6-10 points slower, ``sweep_quant_kernel.py --grid unroll``)."""
     if output not in _OUTPUTS:
         raise ValueError(f"output must be one of {list(_OUTPUTS)}, got {output!r}")
     if output in ("fake", "packed"):
@@ -905,7 +944,7 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
     M = x2.shape[0]
     launch = dict(block_m=block_m, num_warps=num_warps, waves=waves, stages=stages, mma_order=mma_order, maxnreg=maxnreg,
                   fma_codes=fma_codes, f2fp=f2fp, row_step=row_step, split=split,
-                  gen_matrix=gen_matrix, walk=walk, row_fold=row_fold, fold_order=fold_order, pdl=pdl)
+                  gen_matrix=gen_matrix, walk=walk, row_fold=row_fold, fold_order=fold_order, pdl=pdl, unroll=unroll)
     if output == "rotated":
         out = torch.empty_like(x2)
         _launch(x2, plan, spec, 0, out=out, **launch)
