@@ -17,8 +17,9 @@ to float64 for the inexact test): the tenth session's first two changes together
 the group amax and the amax pass by ``tl.max(tl.abs(y))`` instead of ``absmax2``; ``session11`` -- the
 eleventh session's kernel (the twelfth session's changes undone: the load pointers, the NVFP4 per-group cuts and the reciprocal's Newton step); ``unroll2`` -- the MXFP4
 packed-code walk unrolled by 2; ``rcp2`` -- the NVFP4 reciprocal with the Newton step before its
-correction (the eleventh session's ``rcp_rn``); ``mxsplitrows`` -- the MXFP4 had128 split's loads
-by ``_tile_rows`` (before its last change of the twelfth session).
+correction (the eleventh session's ``rcp_rn``); ``mxsplitptrs`` -- the MXFP4 had128 split's loads
+through ``_tile_ptrs`` (tried and not kept in the twelfth session: measured then as the kernel
+against ``_tile_rows``, ab_quant_kernel_mxsplit.json).
 """
 from __future__ import annotations
 
@@ -55,7 +56,15 @@ _LOADS_PREV = """        if True:
         else:"""
 _UNROLL = ('MX_PACKED_LAUNCH = dict(DEFAULT_LAUNCH, walk="linear", waves=4)',
            'MX_PACKED_LAUNCH = dict(DEFAULT_LAUNCH, walk="linear", waves=4, unroll=2)')
-_SPLIT_LOADS = ("        kh = tl.arange(0, TO)\n        if IS_NV:", "        kh = tl.arange(0, TO)\n        if True:")
+_SPLIT_PTRS = ("""        rows, xrow = _tile_rows(tl.arange(0, BM), pid_m, pid_k, stride_xm, T, BM, FOLD, FOLDC)
+        kh = tl.arange(0, TO)
+        pa = x_ptr + xrow[:, None] + kh[None, :]""", """        kh = tl.arange(0, TO)
+        if IS_NV:
+            rows, xrow = _tile_rows(tl.arange(0, BM), pid_m, pid_k, stride_xm, T, BM, FOLD, FOLDC)
+            pa = x_ptr + xrow[:, None] + kh[None, :]
+        else:
+            rows, xrow = _tile_ptrs(x_ptr, tl.arange(0, BM), pid_m, pid_k, stride_xm, T, BM, FOLD, FOLDC)
+            pa = xrow[:, None] + kh[None, :]""")
 _SCALE_NOW = """    b, e = e4m3_byte_value_hw(nv_group_ro32(amax, g))
     zero = e == 0.0
     s = tl.where(zero, 1.0, div_markstein(e, g, rg))
@@ -93,10 +102,11 @@ VARIANTS = {
                          ("            run_max = absmax2(run_max, y)\n", "            run_max = tl.maximum(run_max, tl.abs(y))\n"))},
     # the eleventh session's kernel: loads by _tile_rows, the NVFP4 group scale's value by e4m3_value
     # and two zero tests, kz applied after the threshold's fma, its reciprocal with a Newton step more
-    "session11": {"quant": ((_LOADS_NOW, _LOADS_PREV), _SPLIT_LOADS),
+    "session11": {"quant": ((_LOADS_NOW, _LOADS_PREV),),
                   "common": ((_SCALE_NOW, _SCALE_PREV), (_THRESH_NOW, _THRESH_PREV), (_RCP_NOW, _RCP_PREV))},
-    # the MXFP4 had128 split's loads by _tile_rows (as NVFP4's split keeps them)
-    "mxsplitrows": {"quant": (_SPLIT_LOADS,)},
+    # the MXFP4 had128 split's loads through _tile_ptrs (measured as "mxsplitrows" against a kernel
+    # that had them: +0.3 points at 4096x4096, -1.1 at 2048x4096; not kept)
+    "mxsplitptrs": {"quant": (_SPLIT_PTRS,)},
     # the MXFP4 packed-code walk unrolled by 2 (fewer instructions per tile; measured slower)
     "unroll2": {"quant": (_UNROLL,)},
     # the NVFP4 group scale's reciprocal with the Newton step before its correction (the eleventh session's)

@@ -8,7 +8,7 @@ written / time) against a device-to-device copy timed the same way in the same r
 bytes are checked against the default launch. Writes OUT/sweep_quant_kernel.json; the best
 config per case is printed (DEFAULT_LAUNCH in fpq_core/kernels/quant.py comes from here).
 
-    python benchmarks/sweep_quant_kernel.py --out OUT [--grid quick|full|occupancy|codes|regcap|cvt|t128|rowstep|split|gen|walk|deep|fold|widefold|nvwalk] [--cases a,b]
+    python benchmarks/sweep_quant_kernel.py --out OUT [--grid quick|full|occupancy|codes|regcap|cvt|t128|rowstep|split|gen|walk|deep|fold|widefold|nvwalk|pdl|occ|unroll] [--cases a,b]
                                                       [--formats mxfp4,nvfp4] [--rot N] [--tag NAME]
 
 ``--grid occupancy``: 64-column tiles, 4 warps; rows 32/64, stages 2/3, maxnreg none/96/80/72
