@@ -8,7 +8,7 @@ written / time) against a device-to-device copy timed the same way in the same r
 bytes are checked against the default launch. Writes OUT/sweep_quant_kernel.json; the best
 config per case is printed (DEFAULT_LAUNCH in fpq_core/kernels/quant.py comes from here).
 
-    python benchmarks/sweep_quant_kernel.py --out OUT [--grid quick|full|occupancy|codes|regcap|cvt|t128|rowstep|split|gen|walk|deep|fold|widefold|nvwalk|pdl|occ|unroll] [--cases a,b]
+    python benchmarks/sweep_quant_kernel.py --out OUT [--grid quick|full|occupancy|codes|regcap|cvt|t128|rowstep|split|gen|walk|deep|fold|widefold|nvwalk|pdl|occ|unroll|splitreg] [--cases a,b]
                                                       [--formats mxfp4,nvfp4] [--rot N] [--tag NAME]
 
 ``--grid occupancy``: 64-column tiles, 4 warps; rows 32/64, stages 2/3, maxnreg none/96/80/72
@@ -80,7 +80,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--quick", action="store_true", help="same as --grid quick")
-    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen", "walk", "deep", "fold", "widefold", "nvwalk", "pdl", "occ", "unroll"),
+    ap.add_argument("--grid", choices=("quick", "full", "occupancy", "codes", "regcap", "cvt", "t128", "rowstep", "split", "gen", "walk", "deep", "fold", "widefold", "nvwalk", "pdl", "occ", "unroll", "splitreg"),
                     default=None)
     ap.add_argument("--rot", type=int, default=None, help="rotation size (default: the format's group size)")
     ap.add_argument("--cases", default="a_8192x14336,w_4096x4096",
@@ -199,6 +199,8 @@ def _grid(name: str, fmt: str):
         else:
             cfg = ((None, None, None), (None, 5, None), (None, 6, None))
         return [(None, None, None, st, mr, None, None, (w,), {}) for _ in range(3) for mr, w, st in cfg]
+    if name == "splitreg":      # register caps for the had128 split's default launch (NVFP4: 128); three times, interleaved
+        return [(None, None, None, None, mr, None, None, (None,), {}) for _ in range(3) for mr in (128, 144, 168)]
     if name == "unroll":        # the walk's loop unrolled by 1 or 2 (loop_unroll_factor); three times, interleaved
         return [(None, None, None, None, None, None, None, (None,), {"unroll": u}) for _ in range(3) for u in (1, 2)]
     if name == "pdl":           # the default launch without and with programmatic dependent launch, the next
