@@ -336,10 +336,10 @@ def rcp_rn(s):
     under/overflow an intermediate to a slow subroutine; in this range it never does, so the
     check, its branch and the call's set-up (about a dozen instructions per NVFP4 group in the
     quant kernel's loop) are dropped (tenth session), and the Newton step before the correction
-    too (twelfth: rcp.approx is within an ulp, and the one correction already lands on RN(1/s)
-    for every float32 in the range -- benchmarks/check_rcp_one_newton.py, 2^31 values, none
-    differ on the H100). Checked against ``tl.div_rn`` for every float32 mantissa at every
-    exponent in the range in tests/kernels/test_division_shortcuts.py."""
+    too (twelfth session: rcp.approx is within an ulp, and the one correction already lands on
+    RN(1/s)). Checked against ``tl.div_rn`` for every float32 mantissa at every exponent in the
+    range, both signs (2^31 values, none differ on the H100), in
+    tests/kernels/test_division_shortcuts.py."""
     return tl.inline_asm_elementwise(
         "{ .reg .f32 n, r, e; neg.f32 n, $1; rcp.approx.ftz.f32 r, $1; fma.rn.f32 e, n, r, 0f3F800000; "
         "fma.rn.f32 $0, r, e, r; }",
