@@ -147,10 +147,10 @@ def e4m3_value(b):
 @triton.jit
 def nv_group_e4m3_hw(amax, g):
     """:func:`nv_group_e4m3` with the E4M3 rounding in hardware (GPU only), as its byte (int32):
-    :func:`nv_group_ro32`, then the hardware cast. t = fl64(fl64(amax/6) g) is rounded to float32 *to odd* -- truncated (cvt.rz), its last bit
-    set where the float64 mantissa bits the truncation dropped (the low 29, for a normal float32)
-    are not all zero -- and the float32 to E4M3 cast (round to nearest even, saturating at 448)
-    follows. Rounding to odd with at least two more bits than the target makes the second
+    t = fl64(fl64(amax/6) g) is rounded to float32 *to odd* (:func:`nv_group_ro32`: truncated by
+    cvt.rz, its last bit set where the float64 mantissa bits the truncation dropped -- the low 29,
+    for a normal float32 -- are not all zero) and the float32 to E4M3 cast (round to nearest even,
+    saturating at 448) follows. Rounding to odd with at least two more bits than the target makes the second
     rounding equal to a single one (float32 keeps >= 20 more bits than E4M3 here).
     No min(t, 448) as in the float64 rule: the cast saturates, and min(RO32(t), 448) =
     RO32(min(t, 448)) (448 is a float32 and round to odd is monotone). A t below float32's normal
@@ -165,9 +165,8 @@ def nv_group_e4m3_hw(amax, g):
 
 @triton.jit
 def nv_group_ro32(amax, g):
-    """t = fl64(fl64(amax/6) g) rounded to float32 to odd (GPU only): truncated (cvt.rz), its last
-    bit set where the float64 mantissa bits the truncation dropped are not all zero. Its E4M3
-    rounding is the float64 rule's (:func:`nv_group_e4m3_hw`)."""
+    """t = fl64(fl64(amax/6) g) rounded to float32 to odd (GPU only), whose E4M3 rounding is the
+    float64 rule's: see :func:`nv_group_e4m3_hw`."""
     t = div6_f64(amax.to(tl.float64), True) * g.to(tl.float64)
     f = tl.inline_asm_elementwise("cvt.rz.f32.f64 $0, $1;", "=f,d", [t], dtype=tl.float32, is_pure=True, pack=1)
     sticky = ((t.to(tl.int64, bitcast=True) & 0x1FFFFFFF) != 0).to(tl.int32)

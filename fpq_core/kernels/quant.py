@@ -254,7 +254,7 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, z
             # the tile's pointer once per tile, the rows' offsets hoisted out of the walk: 5-8 fewer
             # instructions per tile (sm_90 SASS). Not for NVFP4 fake quant (ptxas then spills under its
             # 96-register cap) nor the split below (NVFP4 spills at 128; MXFP4 measured 0.3 points faster
-            # at 4096x4096, 1.1 slower at 2048x4096: ab_quant_kernel.py --variant mxsplitrows)
+            # at 4096x4096, 1.1 slower at 2048x4096: ab_quant_kernel.py --variant mxsplitptrs)
             rows, xrow = _tile_ptrs(x_ptr, tl.arange(0, BM), pid_m, pid_k, stride_xm, T, BM, FOLD, FOLDC)
             px = xrow[:, None] + kk[None, :]
         if EVEN:        # every row block of every program's walk is whole and inside: no masks
@@ -295,23 +295,28 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, z
 
 
 @triton.jit
-def _tile_rows(i, pid_m, pid_k, stride, W: tl.constexpr, BM: tl.constexpr, FOLD: tl.constexpr, FOLDC: tl.constexpr):
-    """(input row, offset of the row's first element) of tile rows i of tile (pid_m, pid_k), for an
-    input with row stride ``stride`` and tiles W columns wide; with ``FOLD`` > 1 the tile is BM/FOLD
-    input rows x FOLD chunks of W columns (row i: input row i % (BM/FOLD), chunk i // (BM/FOLD);
-    with ``FOLDC``, chunks fastest: input row i // FOLD, chunk i % FOLD).
-    Offsets in elements of that input (codes, scale bytes: pass their stride and width)."""
+def _fold(i, BM: tl.constexpr, FOLD: tl.constexpr, FOLDC: tl.constexpr):
+    """(input row within the tile, column chunk) of tile rows i: with ``FOLD`` > 1 the tile is
+    BM/FOLD input rows x FOLD chunks (row i: input row i % (BM/FOLD), chunk i // (BM/FOLD); with
+    ``FOLDC``, chunks fastest: input row i // FOLD, chunk i % FOLD); FOLD = 1: row i, chunk 0."""
     if FOLD == 1:
-        rows = pid_m * BM + i
-        return rows, rows * stride + pid_k * W
+        return i, 0
+    elif FOLDC:
+        return i // FOLD, i % FOLD
     else:
         R: tl.constexpr = BM // FOLD
-        if FOLDC:   # chunk-major: row i is input row i // FOLD, chunk i % FOLD
-            rows = pid_m * R + i // FOLD
-            return rows, rows * stride + (pid_k * FOLD + i % FOLD) * W
-        else:
-            rows = pid_m * R + i % R
-            return rows, rows * stride + (pid_k * FOLD + i // R) * W
+        return i % R, i // R
+
+
+@triton.jit
+def _tile_rows(i, pid_m, pid_k, stride, W: tl.constexpr, BM: tl.constexpr, FOLD: tl.constexpr, FOLDC: tl.constexpr):
+    """(input row, offset of the row's first element) of tile rows i of tile (pid_m, pid_k), for an
+    input with row stride ``stride`` and tiles W columns wide, the tile BM/FOLD input rows x FOLD
+    chunks of W columns (:func:`_fold`). Offsets in elements of that input (codes, scale bytes:
+    pass their stride and width)."""
+    r, c = _fold(i, BM, FOLD, FOLDC)
+    rows = pid_m * (BM // FOLD) + r
+    return rows, rows * stride + (pid_k * FOLD + c) * W
 
 
 @triton.jit
@@ -320,17 +325,9 @@ def _tile_ptrs(base, i, pid_m, pid_k, stride, W: tl.constexpr, BM: tl.constexpr,
     pointer formed as (base + the tile's offset) + the row's offset within the tile: the tile's
     offset is one scalar per tile, the rows' offsets do not change from tile to tile (hoisted out
     of the walk), so each address is one 64-bit add of a loop-invariant offset."""
-    if FOLD == 1:
-        rows = pid_m * BM + i
-        return rows, (base + (pid_m * BM * stride + pid_k * W)) + i * stride
-    else:
-        R: tl.constexpr = BM // FOLD
-        if FOLDC:
-            rows = pid_m * R + i // FOLD
-            return rows, (base + (pid_m * R * stride + pid_k * FOLD * W)) + ((i // FOLD) * stride + (i % FOLD) * W)
-        else:
-            rows = pid_m * R + i % R
-            return rows, (base + (pid_m * R * stride + pid_k * FOLD * W)) + ((i % R) * stride + (i // R) * W)
+    r, c = _fold(i, BM, FOLD, FOLDC)
+    R: tl.constexpr = BM // FOLD
+    return pid_m * R + r, (base + (pid_m * R * stride + pid_k * FOLD * W)) + (r * stride + c * W)
 
 
 @triton.jit

@@ -64,6 +64,9 @@ def test_launch_defaults_follow_the_sweeps():
     # programs fill the SM (NVFP4 packed codes, the had128 split), after the last tile elsewhere
     assert nv["pdl"] == big["pdl"] == small["pdl"] == "start"
     assert mx["pdl"] == nv_fake["pdl"] == launch_defaults(False, 0, False, tiles(2048, 4096, 64), 132)["pdl"] == "end"
+    # no launch unrolls its walk (--grid unroll: MXFP4 packed codes 6-10 points slower unrolled by 2)
+    assert all(launch_defaults(nv, mode, sp, tiles(M, 4096, 64), 132)["unroll"] == 1
+               for nv in (False, True) for mode in (0, 1, 2, 3) for sp in (False, True) for M in (2048, 14336))
 
 
 def test_pdl_choice_and_its_switch():
