@@ -12,14 +12,16 @@ case and writes OUT/ab_quant_kernel[_TAG].json with every run.
 
 Variants (``VARIANTS``): ``divrn`` -- the NVFP4 group scale's reciprocal by ``tl.div_rn(1, s)``
 (FCHK, a branch and the division's slow-path call per group) instead of ``rcp_rn``; ``session9`` --
-that and the ninth session's E4M3 byte of the group scale (a float64 min(t, 448) and a round trip
-to float64 for the inexact test): the tenth session's first two changes together; ``absmax`` --
-the group amax and the amax pass by ``tl.max(tl.abs(y))`` instead of ``absmax2``; ``session11`` -- the
-eleventh session's kernel (the twelfth session's changes undone: the load pointers, the NVFP4 per-group cuts and the reciprocal's Newton step); ``unroll2`` -- the MXFP4
-packed-code walk unrolled by 2; ``rcp2`` -- the NVFP4 reciprocal with the Newton step before its
-correction (the eleventh session's ``rcp_rn``); ``mxsplitptrs`` -- the MXFP4 had128 split's loads
-through ``_tile_ptrs`` (tried and not kept in the twelfth session: measured then as the kernel
-against ``_tile_rows``, ab_quant_kernel_mxsplit.json).
+that and the ninth session's E4M3 rounding of the group scale (a float64 min(t, 448) and a round
+trip to float64 for the inexact test): the tenth session's first two changes undone, on today's
+kernel otherwise (its A/B of the tenth session compared the kernel of then); ``absmax`` -- the group
+amax and the amax pass by ``tl.max(tl.abs(y))`` instead of ``absmax2``; ``session11`` -- the
+eleventh session's kernel (the twelfth session's changes undone: the load pointers, the NVFP4
+per-group cuts and the reciprocal's Newton step); ``unroll2`` -- the MXFP4 packed-code walk unrolled
+by 2; ``rcp2`` -- the NVFP4 reciprocal with the Newton step before its correction (the eleventh
+session's ``rcp_rn``); ``mxsplitptrs`` -- the MXFP4 had128 split's loads through ``_tile_ptrs``
+(tried and not kept in the twelfth session: measured then as the kernel against ``_tile_rows``,
+ab_quant_kernel_mxsplit.json).
 """
 from __future__ import annotations
 
@@ -93,7 +95,8 @@ VARIANTS = {
     # the NVFP4 group scale's reciprocal by tl.div_rn(1, s) (FCHK, a branch and the slow-path call per
     # group) instead of rcp_rn
     "divrn": {"quant": (_RCP,)},
-    # the ninth session's NVFP4 per-group code: div_rn, and the E4M3 byte with the float64 min(t, 448)
+    # the ninth session's NVFP4 per-group code where today's kernel still has its place: div_rn, and the
+    # E4M3 rounding with the float64 min(t, 448)
     # and the round trip to float64 for the inexact test
     "session9": {"quant": (_RCP,), "common": ((_E4M3_NOW, _E4M3_PREV),)},
     # the group amax (packed codes) and the amax pass by tl.max(tl.abs(y)) / tl.maximum(m, tl.abs(y))
