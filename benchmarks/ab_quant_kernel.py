@@ -21,7 +21,8 @@ per-group cuts and the reciprocal's Newton step); ``unroll2`` -- the MXFP4 packe
 by 2; ``rcp2`` -- the NVFP4 reciprocal with the Newton step before its correction (the eleventh
 session's ``rcp_rn``); ``mxsplitptrs`` -- the MXFP4 had128 split's loads through ``_tile_ptrs``
 (tried and not kept in the twelfth session: measured then as the kernel against ``_tile_rows``,
-ab_quant_kernel_mxsplit.json).
+ab_quant_kernel_mxsplit.json); ``csstore`` -- the packed codes and scale bytes stored with the
+streaming cache hint (``.cs``).
 """
 from __future__ import annotations
 
@@ -90,6 +91,14 @@ _RCP_NOW = """        "fma.rn.f32 $0, r, e, r; }",
 """
 _RCP_PREV = """        "fma.rn.f32 r, r, e, r; fma.rn.f32 e, n, r, 0f3F800000; fma.rn.f32 $0, r, e, r; }",
 """
+_CS_WORDS = ("tl.store(pk_ptr + wrow[:, None] + (CH * (T // 8) + tl.arange(0, T // 8))[None, :], words, mask=rmask)",
+             "tl.store(pk_ptr + wrow[:, None] + (CH * (T // 8) + tl.arange(0, T // 8))[None, :], words, mask=rmask, "
+             "cache_modifier=\".cs\")")
+_CS_NV_BYTES = ("                tl.store(sptr, sbyte, mask=rmask)\n",
+                "                tl.store(sptr, sbyte, mask=rmask, cache_modifier=\".cs\")\n")
+_CS_MX_BYTES = ('tl.inline_asm_elementwise("{ st.global.b8 [$1], $2; mov.b32 $0, 0; }"',
+                'tl.inline_asm_elementwise("{ st.global.cs.b8 [$1], $2; mov.b32 $0, 0; }"')
+_CS_MX_BYTES_MASKED = ("@p st.global.b8 [$1], $2;", "@p st.global.cs.b8 [$1], $2;")
 # name -> {"quant": ((old, new), ...) applied to quant.py's source, "common": (...) to _common.py's}
 VARIANTS = {
     # the NVFP4 group scale's reciprocal by tl.div_rn(1, s) (FCHK, a branch and the slow-path call per
@@ -114,6 +123,10 @@ VARIANTS = {
     "unroll2": {"quant": (_UNROLL,)},
     # the NVFP4 group scale's reciprocal with the Newton step before its correction (the eleventh session's)
     "rcp2": {"common": ((_RCP_NOW, _RCP_PREV),)},
+    # the packed codes and scale bytes stored with the streaming hint (st.global.cs: STG.E.EF in the
+    # sm_90 SASS, evict first from L2); the loads' evict_first hint is dropped by Triton's cp.async
+    # pipelining (same LDGSTS), so it is not a variant
+    "csstore": {"quant": (_CS_WORDS, _CS_NV_BYTES, _CS_MX_BYTES, _CS_MX_BYTES_MASKED)},
 }
 
 
