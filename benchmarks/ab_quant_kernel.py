@@ -21,8 +21,9 @@ per-group cuts and the reciprocal's Newton step); ``unroll2`` -- the MXFP4 packe
 by 2; ``rcp2`` -- the NVFP4 reciprocal with the Newton step before its correction (the eleventh
 session's ``rcp_rn``); ``mxsplitptrs`` -- the MXFP4 had128 split's loads through ``_tile_ptrs``
 (tried and not kept in the twelfth session: measured then as the kernel against ``_tile_rows``,
-ab_quant_kernel_mxsplit.json); ``csstore`` -- the packed codes and scale bytes stored with the
-streaming cache hint (``.cs``).
+ab_quant_kernel_mxsplit.json); ``nocs`` -- the packed codes and scale bytes stored without the
+streaming cache hint (``.cs``) that the kernel has since the thirteenth session (measured then as
+variant ``csstore``, the kernel without the hint against one with it: ab_quant_kernel_csstore*.json).
 """
 from __future__ import annotations
 
@@ -57,6 +58,8 @@ _LOADS_PREV = """        if True:
             rows, xrow = _tile_rows(tl.arange(0, BM), pid_m, pid_k, stride_xm, T, BM, FOLD, FOLDC)
             px = x_ptr + xrow[:, None] + kk[None, :]
         else:"""
+_CS_ON = '"pdl": "end", "unroll": 1, "stream_stores": True}'
+_CS_OFF = '"pdl": "end", "unroll": 1, "stream_stores": False}'
 _UNROLL = ('MX_PACKED_LAUNCH = dict(DEFAULT_LAUNCH, walk="linear", waves=4)',
            'MX_PACKED_LAUNCH = dict(DEFAULT_LAUNCH, walk="linear", waves=4, unroll=2)')
 _SPLIT_PTRS = ("""        rows, xrow = _tile_rows(tl.arange(0, BM), pid_m, pid_k, stride_xm, T, BM, FOLD, FOLDC)
@@ -91,14 +94,6 @@ _RCP_NOW = """        "fma.rn.f32 $0, r, e, r; }",
 """
 _RCP_PREV = """        "fma.rn.f32 r, r, e, r; fma.rn.f32 e, n, r, 0f3F800000; fma.rn.f32 $0, r, e, r; }",
 """
-_CS_WORDS = ("tl.store(pk_ptr + wrow[:, None] + (CH * (T // 8) + tl.arange(0, T // 8))[None, :], words, mask=rmask)",
-             "tl.store(pk_ptr + wrow[:, None] + (CH * (T // 8) + tl.arange(0, T // 8))[None, :], words, mask=rmask, "
-             "cache_modifier=\".cs\")")
-_CS_NV_BYTES = ("                tl.store(sptr, sbyte, mask=rmask)\n",
-                "                tl.store(sptr, sbyte, mask=rmask, cache_modifier=\".cs\")\n")
-_CS_MX_BYTES = ('tl.inline_asm_elementwise("{ st.global.b8 [$1], $2; mov.b32 $0, 0; }"',
-                'tl.inline_asm_elementwise("{ st.global.cs.b8 [$1], $2; mov.b32 $0, 0; }"')
-_CS_MX_BYTES_MASKED = ("@p st.global.b8 [$1], $2;", "@p st.global.cs.b8 [$1], $2;")
 # name -> {"quant": ((old, new), ...) applied to quant.py's source, "common": (...) to _common.py's}
 VARIANTS = {
     # the NVFP4 group scale's reciprocal by tl.div_rn(1, s) (FCHK, a branch and the slow-path call per
@@ -123,10 +118,11 @@ VARIANTS = {
     "unroll2": {"quant": (_UNROLL,)},
     # the NVFP4 group scale's reciprocal with the Newton step before its correction (the eleventh session's)
     "rcp2": {"common": ((_RCP_NOW, _RCP_PREV),)},
-    # the packed codes and scale bytes stored with the streaming hint (st.global.cs: STG.E.EF in the
-    # sm_90 SASS, evict first from L2); the loads' evict_first hint is dropped by Triton's cp.async
-    # pipelining (same LDGSTS), so it is not a variant
-    "csstore": {"quant": (_CS_WORDS, _CS_NV_BYTES, _CS_MX_BYTES, _CS_MX_BYTES_MASKED)},
+    # the packed codes and scale bytes stored without the streaming hint (plain st.global where the kernel
+    # has st.global.cs, STG.E.EF in the sm_90 SASS); measured as "csstore" before the hint was the
+    # default (ab_quant_kernel_csstore*.json: the variant then was the kernel with the hint). A load
+    # hint (evict_first) is not a variant: Triton's cp.async pipelining drops it (same LDGSTS)
+    "nocs": {"quant": ((_CS_ON, _CS_OFF),)},
 }
 
 

@@ -164,7 +164,8 @@ def _compile(kernel, fmt: str, mode: int = 3, split: bool = False, gen: bool = T
              EVEN=True, STAGES=launch["stages"], ITERS_C=0, F2FP=True,
              HGEN=n if gen else 0, HVAL=0.25 if (gen and n == 16) else 1.0,     # the Hadamard built, as launched
              LINEAR=launch["walk"] == "linear", FOLD=launch["row_fold"], FOLDC=False, PDL=0,
-             UNROLL=1)     # one tile per loop iteration: counts per tile (UNROLL=2 holds two)
+             UNROLL=1,     # one tile per loop iteration: counts per tile (UNROLL=2 holds two)
+             CS=mode == 3 and launch["stream_stores"])
     c.update(over)
     nw = launch["num_warps"]
     return _sass(kernel, c, nw, launch["maxnreg"] if TO <= 64 else None), launch["block_m"], nw

@@ -231,7 +231,7 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, z
                MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
                HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
                ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr,
-               F2FP: tl.constexpr, FOLD: tl.constexpr, FOLDC: tl.constexpr):
+               F2FP: tl.constexpr, FOLD: tl.constexpr, FOLDC: tl.constexpr, CS: tl.constexpr):
     """One (BM, T) tile: load, rotate, then store / track amax / quantize (see _rotq_kernel).
 
     ``FOLD`` > 1: the tile's BM rows are BM/FOLD rows of the input times FOLD adjacent T-column
@@ -271,7 +271,7 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, z
             y = x.to(tl.float32)
         run_max = _rotq_epi(y, pid_m, pid_k, 0, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                             T, T, G, BM, HAS_ROT, DOT_LOWP, MODE, IS_NV, IS_BF16, HW_ROUND, MX_MUL, NV_FMA, PERM,
-                            ROWP, NW, FCODE, EVEN, FOLD, FOLDC)
+                            ROWP, NW, FCODE, EVEN, FOLD, FOLDC, CS)
     else:
         rows, xrow = _tile_rows(tl.arange(0, BM), pid_m, pid_k, stride_xm, T, BM, FOLD, FOLDC)
         kh = tl.arange(0, TO)
@@ -290,7 +290,7 @@ def _rotq_tile(pid_m, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, z
             y = _round_rotated(_dot_chain(xa, xb, mat, mb, DOT_LOWP), rot_scale, x_ptr, POST_SCALE, IS_BF16, HW_ROUND, F2FP)
             run_max = _rotq_epi(y, pid_m, pid_k, ch, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                 T, TO, G, BM, HAS_ROT, DOT_LOWP, MODE, IS_NV, IS_BF16, HW_ROUND, MX_MUL, NV_FMA, PERM,
-                                ROWP, NW, FCODE, EVEN, FOLD, FOLDC)
+                                ROWP, NW, FCODE, EVEN, FOLD, FOLDC, CS)
     return run_max
 
 
@@ -348,9 +348,11 @@ def _rotq_epi(y, pid_m, pid_k, CH: tl.constexpr, out_ptr, pk_ptr, sb_ptr, g, rg,
               MODE: tl.constexpr, IS_NV: tl.constexpr, IS_BF16: tl.constexpr,
               HW_ROUND: tl.constexpr, MX_MUL: tl.constexpr, NV_FMA: tl.constexpr, PERM: tl.constexpr,
               ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr,
-              FOLD: tl.constexpr, FOLDC: tl.constexpr):
+              FOLD: tl.constexpr, FOLDC: tl.constexpr, CS: tl.constexpr):
     """Chunk CH (T columns) of the (BM, TT) tile (pid_m, pid_k), rotated and rounded in y:
-    store it (MODE 0), track its amax (1), or quantize it (2 fake, 3 packed). Rows as _tile_rows."""
+    store it (MODE 0), track its amax (1), or quantize it (2 fake, 3 packed). Rows as _tile_rows.
+    ``CS``: the packed codes and scale bytes (MODE 3) stored with the streaming cache hint (st.global.cs,
+    evict first from L2)."""
     kk = tl.arange(0, T)
     NG: tl.constexpr = T // G
     if HAS_ROT:
@@ -450,26 +452,42 @@ def _rotq_epi(y, pid_m, pid_k, CH: tl.constexpr, out_ptr, pk_ptr, sb_ptr, g, rg,
                 codef = tl.fma(z, 8.0, e2m1_index_f(tl.abs(q), IS_NV))
                 words = pack_codes_f(tl.reshape(codef, (BM, T)), BM, T)
                 _, wrow = _tile_rows(lrow, pid_m, pid_k, K // 8, TT // 8, BM, FOLD, FOLDC)
-                tl.store(pk_ptr + wrow[:, None] + (CH * (T // 8) + tl.arange(0, T // 8))[None, :], words, mask=rmask)
+                pw = pk_ptr + wrow[:, None] + (CH * (T // 8) + tl.arange(0, T // 8))[None, :]
+                if CS:
+                    tl.store(pw, words, mask=rmask, cache_modifier=".cs")
+                else:
+                    tl.store(pw, words, mask=rmask)
             else:
                 code = e2m1_code(q, y3, IS_NV)     # MX: |q| < 6 (1 + 2^-20), no saturation needed
                 lo, hi = tl.split(tl.reshape(code, (BM, T // 2, 2)))
                 _, brow = _tile_rows(lrow, pid_m, pid_k, K // 2, TT // 2, BM, FOLD, FOLDC)
-                tl.store(pk_ptr + brow[:, None] + (CH * (T // 2) + tl.arange(0, T // 2))[None, :],
-                         (lo | (hi << 4)).to(tl.uint8), mask=rmask)
+                pb = pk_ptr + brow[:, None] + (CH * (T // 2) + tl.arange(0, T // 2))[None, :]
+                if CS:
+                    tl.store(pb, (lo | (hi << 4)).to(tl.uint8), mask=rmask, cache_modifier=".cs")
+                else:
+                    tl.store(pb, (lo | (hi << 4)).to(tl.uint8), mask=rmask)
             _, grow = _tile_rows(lrow, pid_m, pid_k, K // G, TT // G, BM, FOLD, FOLDC)
             sptr = sb_ptr + grow[:, None] + (CH * NG + tl.arange(0, NG))[None, :]
             if HW_ROUND and not IS_NV:
                 # MX: a group spans two lanes, a layout Triton's coalesced store would shuffle
                 # through shared memory (a block barrier per tile); store each byte from the
                 # registers instead (both lanes of a group write the same byte)
-                if EVEN:
+                if EVEN and CS:
+                    tl.inline_asm_elementwise("{ st.global.cs.b8 [$1], $2; mov.b32 $0, 0; }",
+                                              "=r,l,r", [sptr, sbyte.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+                elif EVEN:
                     tl.inline_asm_elementwise("{ st.global.b8 [$1], $2; mov.b32 $0, 0; }",
                                               "=r,l,r", [sptr, sbyte.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+                elif CS:
+                    tl.inline_asm_elementwise(
+                        "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.cs.b8 [$1], $2; mov.b32 $0, 0; }",
+                        "=r,l,r,r", [sptr, sbyte.to(tl.int32), rmask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
                 else:
                     tl.inline_asm_elementwise(
                         "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.b8 [$1], $2; mov.b32 $0, 0; }",
                         "=r,l,r,r", [sptr, sbyte.to(tl.int32), rmask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+            elif CS:
+                tl.store(sptr, sbyte, mask=rmask, cache_modifier=".cs")
             else:
                 tl.store(sptr, sbyte, mask=rmask)
     return run_max
@@ -516,7 +534,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
                  ROWP: tl.constexpr, NW: tl.constexpr, FCODE: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr,
                  ITERS_C: tl.constexpr, F2FP: tl.constexpr, HGEN: tl.constexpr, HVAL: tl.constexpr,
                  LINEAR: tl.constexpr, FOLD: tl.constexpr, FOLDC: tl.constexpr, PDL: tl.constexpr,
-                 UNROLL: tl.constexpr):
+                 UNROLL: tl.constexpr, CS: tl.constexpr):
     """Persistent: each program loads (or builds) the rotation matrix once, keeps one column tile
     (pid % tiles_k) and walks the row blocks pid // tiles_k + i * row_step (the grid is
     tiles_k * row_step programs, so no division per tile; where row_step does not divide the row
@@ -540,6 +558,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
     last tile (2), or when it exits (3).
 
     ``UNROLL``: the walk's loop unrolled by that factor (Triton's loop_unroll_factor; 1: not).
+    ``CS``: packed codes and scale bytes stored with the streaming hint (see _rotq_epi).
     """
     if PDL == 1:
         gdc_launch_dependents()
@@ -591,7 +610,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
                 t = pid + it * row_step
                 run_max = _rotq_tile(t // tiles_k, t % tiles_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                      stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                     HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD, FOLDC)
+                                     HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD, FOLDC, CS)
         else:
             # (row block, column tile) of tile pid + it * row_step, advanced by (dm, dk) per tile
             # with one wrap instead of a division per tile
@@ -603,7 +622,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
             for it in tl.range(0, n_it, num_stages=STAGES, loop_unroll_factor=UNROLL):
                 run_max = _rotq_tile(pm, pk, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                      stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                     HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD, FOLDC)
+                                     HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD, FOLDC, CS)
                 pk = pk + dk
                 wrap = pk >= tiles_k
                 pk = tl.where(wrap, pk - tiles_k, pk)
@@ -612,7 +631,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
         for it in range(0, ITERS_C):
             run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                  stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD, FOLDC)
+                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD, FOLDC, CS)
     else:
         if EVEN:
             n_it = iters
@@ -621,7 +640,7 @@ def _rotq_kernel(x_ptr, m_ptr, out_ptr, pk_ptr, sb_ptr, amax_ptr, gs_ptr, gso_pt
         for it in tl.range(0, n_it, num_stages=STAGES, loop_unroll_factor=UNROLL):
             run_max = _rotq_tile(pid_m0 + it * row_step, pid_k, x_ptr, mat, mat2, out_ptr, pk_ptr, sb_ptr, g, rg, zbyte, kz, run_max, M, K,
                                  stride_xm, rot_scale, T, TO, G, BM, HAS_ROT, DOT_LOWP, POST_SCALE, MODE, IS_NV, IS_BF16,
-                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD, FOLDC)
+                                 HW_ROUND, MX_MUL, NV_FMA, PERM, ROWP, NW, FCODE, EVEN, F2FP, FOLD, FOLDC, CS)
     if PDL == 2:
         gdc_launch_dependents()
     if MODE == 1:
@@ -749,8 +768,11 @@ def grid_stride(row_blocks: int, tiles_k: int, sms: int, waves: int, small_waves
 # programs fill the SM -- NVFP4's register cap, the had128 split's shared memory -- and 12 to 20
 # points slower for MXFP4 packed codes, whose SMs keep room for the next kernel's programs (our
 # reading, not profiled: they take it early)).
+# ``stream_stores`` (packed codes only): the codes and scale bytes stored with st.global.cs (evict first from
+# L2; thirteenth session, ``ab_quant_kernel.py --variant csstore``, H100, three runs each: 4096x4096 +0.4
+# to +2.6 points, the other shapes within +-0.3).
 DEFAULT_LAUNCH = {"block_m": 64, "num_warps": 4, "waves": 16, "stages": 3, "maxnreg": None, "small_waves": 4,
-                  "walk": "rows", "row_fold": 32, "pdl": "end", "unroll": 1}
+                  "walk": "rows", "row_fold": 32, "pdl": "end", "unroll": 1, "stream_stores": True}
 NV_LAUNCH = dict(DEFAULT_LAUNCH, maxnreg=96)     # NVFP4: a 96-register cap gave 1-3% (64-column bf16 tiles)
 # MXFP4 packed codes: 4 programs per SM walking all tiles (``--grid walk``: +0.4 to +6.5 points on
 # the large shapes, the same on the small ones). NVFP4 packed codes: 5 programs per SM walking all
@@ -790,7 +812,8 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
             mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
             f2fp: bool | None = None, row_step: int | None = None, split: bool | None = None,
             gen_matrix: bool | None = None, walk: str | None = None, row_fold: int | None = None,
-            fold_order: str | None = None, pdl: bool | str | None = None, unroll: int | None = None):
+            fold_order: str | None = None, pdl: bool | str | None = None, unroll: int | None = None,
+            stream_stores: bool | None = None):
     """Launch the persistent kernel. MODE 1 returns its partial maxima (one per program, in a
     buffer allocated here); MODE 3 with an MX format returns the global scale the kernel copied
     from ``gs`` into a tensor allocated here (so the caller's constant is never handed out); the
@@ -886,6 +909,7 @@ def _launch(x2, plan: RotationPlan, spec, mode, out=None, pk=None, sb=None, amax
         F2FP=True if f2fp is None else bool(f2fp), HGEN=plan.n if hgen else 0,
         HVAL=float(plan.scale) if hgen and fold_scale else 1.0, LINEAR=linear, FOLD=rf, FOLDC=fold_order == "chunks", PDL=use_pdl,
         UNROLL=1 if interp else unr,
+        CS=mode == 3 and bool(dflt["stream_stores"] if stream_stores is None else stream_stores),
         enable_fp_fusion=False, **extra)
     return amax if mode == 1 else gso
 
@@ -896,7 +920,8 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
                     mma_order: bool | None = None, maxnreg: int | None = None, fma_codes: bool | None = None,
                     f2fp: bool | None = None, row_step: int | None = None, split: bool | None = None,
                     gen_matrix: bool | None = None, walk: str | None = None, row_fold: int | None = None,
-                    fold_order: str | None = None, pdl: bool | str | None = None, unroll: int | None = None):
+                    fold_order: str | None = None, pdl: bool | str | None = None, unroll: int | None = None,
+                    stream_stores: bool | None = None):
     """Fused rotation + FP4 quantization; see the module docstring. ``global_scale`` (NVFP4):
     the fp32 encode scale to use; None computes it from the rotated input (an extra amax pass).
     A float or CPU tensor is checked here (finite, > 0); a CUDA tensor is used as is, without a
@@ -923,7 +948,10 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
     (the launch's own choice, see ``DEFAULT_LAUNCH``); None: the launch's default (off for every
     call that leaves it None when the environment has FPQ_PDL=0); ``unroll``: the walk's loop
     unrolled by that factor (1, the default: not; 2 has fewer instructions per tile for MXFP4 but
-    ran 6-10 points slower, ``sweep_quant_kernel.py --grid unroll``)."""
+    ran 6-10 points slower, ``sweep_quant_kernel.py --grid unroll``); ``stream_stores`` (packed
+    output): the codes and scale bytes stored with the streaming cache hint (``.cs``, evict first
+    from L2; the default, ``DEFAULT_LAUNCH``) or plainly (False: where a kernel that reads them
+    follows at once, e.g. an FP4 matmul, and they should stay in L2)."""
     if output not in _OUTPUTS:
         raise ValueError(f"output must be one of {list(_OUTPUTS)}, got {output!r}")
     if output in ("fake", "packed"):
@@ -941,7 +969,8 @@ def rotate_quantize(x: torch.Tensor, spec: QuantSpec, transform=None, output: st
     M = x2.shape[0]
     launch = dict(block_m=block_m, num_warps=num_warps, waves=waves, stages=stages, mma_order=mma_order, maxnreg=maxnreg,
                   fma_codes=fma_codes, f2fp=f2fp, row_step=row_step, split=split,
-                  gen_matrix=gen_matrix, walk=walk, row_fold=row_fold, fold_order=fold_order, pdl=pdl, unroll=unroll)
+                  gen_matrix=gen_matrix, walk=walk, row_fold=row_fold, fold_order=fold_order, pdl=pdl, unroll=unroll,
+                  stream_stores=stream_stores)
     if output == "rotated":
         out = torch.empty_like(x2)
         _launch(x2, plan, spec, 0, out=out, **launch)

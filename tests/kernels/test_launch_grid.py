@@ -67,6 +67,9 @@ def test_launch_defaults_follow_the_sweeps():
     # no launch unrolls its walk (--grid unroll: MXFP4 packed codes 6-10 points slower unrolled by 2)
     assert all(launch_defaults(nv, mode, sp, tiles(M, 4096, 64), 132)["unroll"] == 1
                for nv in (False, True) for mode in (0, 1, 2, 3) for sp in (False, True) for M in (2048, 14336))
+    # packed codes and scale bytes stored with the streaming hint (ab_quant_kernel.py --variant nocs)
+    assert all(launch_defaults(nv, mode, sp, tiles(M, 4096, 64), 132)["stream_stores"] is True
+               for nv in (False, True) for mode in (0, 1, 2, 3) for sp in (False, True) for M in (2048, 14336))
 
 
 def test_pdl_choice_and_its_switch():

@@ -175,7 +175,8 @@ def test_launch_configurations_give_the_same_bytes(dev, name):
                dict(f2fp=False), dict(row_step=2), dict(gen_matrix=False), dict(walk="linear"),
                dict(walk="linear", waves=1), dict(walk="linear", row_step=7), dict(row_fold=1), dict(row_fold=2),
                dict(row_fold=2, walk="linear"), dict(row_fold=4, block_m=32), dict(row_fold=8, block_m=128, num_warps=8),
-               dict(unroll=2), dict(unroll=2, walk="linear")):
+               dict(unroll=2), dict(unroll=2, walk="linear"), dict(stream_stores=False),
+               dict(stream_stores=False, walk="linear")):
         pk, sb, _ = rotate_quantize(x, spec, t, "packed", global_scale=gs, **kw)
         assert torch.equal(pk, ref[0]) and torch.equal(sb, ref[1]), kw
         assert torch.equal(_bits(rotate_quantize(x, spec, t, "fake", global_scale=gs, **kw)), _bits(fake)), kw

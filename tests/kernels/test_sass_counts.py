@@ -120,3 +120,26 @@ def test_packed_loop_takes_absolute_values_as_operand_modifiers(fmt):
     assert len([r for op, r in loop if op.startswith("LOP3") and "0x7fffffff" in r]) <= 2
     xs = [r for op, r in loop if op.startswith("FMNMX.XORSIGN")]
     assert len(xs) >= 16 and all(r.count("|") >= 4 for r in xs), xs[:3]
+
+
+@pytest.mark.parametrize("fmt,split", [("mxfp4", False), ("nvfp4", False), ("nvfp4", True)])
+def test_packed_stores_carry_the_streaming_hint(fmt, split):
+    """Packed codes and scale bytes: every global store of the loop is STG.E.EF (st.global.cs, evict
+    first) with the default launch, none with CS off; the instruction count is the same."""
+    from benchmarks.sass_quant_kernel import _compile, _hot_module, _instructions, _longest_loop
+
+    def stores(cs):
+        try:
+            sass = _compile(_hot_module()._rotq_kernel, fmt, split=split, CS=cs)[0]
+        except FileNotFoundError as e:
+            pytest.skip(f"cuobjdump not found: {e}")
+        ins = _instructions(sass, suffixes=True)
+        lo, hi = _longest_loop(ins)
+        loop = [op for a, op, _ in ins if lo <= a <= hi]
+        return [op for op in loop if op.startswith("STG")], len(loop)
+
+    on, n_on = stores(True)
+    off, n_off = stores(False)
+    assert on and all(".EF" in op for op in on), on
+    assert off and not any(".EF" in op for op in off), off
+    assert len(on) == len(off) and n_on == n_off
