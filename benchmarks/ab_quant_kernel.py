@@ -58,8 +58,8 @@ _LOADS_PREV = """        if True:
             rows, xrow = _tile_rows(tl.arange(0, BM), pid_m, pid_k, stride_xm, T, BM, FOLD, FOLDC)
             px = x_ptr + xrow[:, None] + kk[None, :]
         else:"""
-_CS_ON = '"pdl": "end", "unroll": 1, "stream_stores": True}'
-_CS_OFF = '"pdl": "end", "unroll": 1, "stream_stores": False}'
+_CS_ON = '"stream_stores": True}'        # DEFAULT_LAUNCH's entry
+_CS_OFF = '"stream_stores": False}'
 _UNROLL = ('MX_PACKED_LAUNCH = dict(DEFAULT_LAUNCH, walk="linear", waves=4)',
            'MX_PACKED_LAUNCH = dict(DEFAULT_LAUNCH, walk="linear", waves=4, unroll=2)')
 _SPLIT_PTRS = ("""        rows, xrow = _tile_rows(tl.arange(0, BM), pid_m, pid_k, stride_xm, T, BM, FOLD, FOLDC)

@@ -32,7 +32,6 @@ MODEL_SHAPES = {
     "70b": dict(hidden_size=8192, intermediate_size=28672, num_attention_heads=64, num_key_value_heads=8,
                 full_blocks=80),
 }
-FULL_BLOCKS = MODEL_SHAPES["8b"]["full_blocks"]
 
 
 def install_fast_kernels():
@@ -105,9 +104,8 @@ def run(fmt, blocks, seqs, seq_len, offload, modules_only=False, shape="8b"):
            "peak_gpu_GB": peak / 2**30, "pipeline_peak_GB": (res.peak_gpu_memory_bytes or 0) / 2**30,
            "mean_rel_error": sum(l.rel_error for l in res.layers) / max(1, len(res.layers))}
     if offload and not modules_only and shape == "8b":
-        row["note_70b"] = ("with offload, GPU memory ~ one block + its calibration activations; Llama-70B blocks "
-                           "(hidden 8192, inter 28672) hold ~4x the weights of an 8B block and 2x the activations "
-                           "per token: expect roughly 2-4x this peak")
+        row["note_70b"] = ("with offload, GPU memory ~ one block + its calibration activations; "
+                           "--shape 70b measures it on Llama-70B block shapes")
     print(row, flush=True)
     del model
     return row

@@ -370,6 +370,7 @@ def _rotq_epi(y, pid_m, pid_k, CH: tl.constexpr, out_ptr, pk_ptr, sb_ptr, g, rg,
         lrow = tl.arange(0, BM)
     # the rows' offsets in the output (K), the packed codes (K/8 words or K/2 bytes) and the scale bytes (K/G)
     srows, orow = _tile_rows(lrow, pid_m, pid_k, K, TT, BM, FOLD, FOLDC)
+    CM: tl.constexpr = ".cs" if CS else ""      # MODE 3's stores: the streaming hint where CS
     if EVEN:
         rmask = None
     else:
@@ -452,44 +453,29 @@ def _rotq_epi(y, pid_m, pid_k, CH: tl.constexpr, out_ptr, pk_ptr, sb_ptr, g, rg,
                 codef = tl.fma(z, 8.0, e2m1_index_f(tl.abs(q), IS_NV))
                 words = pack_codes_f(tl.reshape(codef, (BM, T)), BM, T)
                 _, wrow = _tile_rows(lrow, pid_m, pid_k, K // 8, TT // 8, BM, FOLD, FOLDC)
-                pw = pk_ptr + wrow[:, None] + (CH * (T // 8) + tl.arange(0, T // 8))[None, :]
-                if CS:
-                    tl.store(pw, words, mask=rmask, cache_modifier=".cs")
-                else:
-                    tl.store(pw, words, mask=rmask)
+                tl.store(pk_ptr + wrow[:, None] + (CH * (T // 8) + tl.arange(0, T // 8))[None, :], words, mask=rmask,
+                         cache_modifier=CM)
             else:
                 code = e2m1_code(q, y3, IS_NV)     # MX: |q| < 6 (1 + 2^-20), no saturation needed
                 lo, hi = tl.split(tl.reshape(code, (BM, T // 2, 2)))
                 _, brow = _tile_rows(lrow, pid_m, pid_k, K // 2, TT // 2, BM, FOLD, FOLDC)
-                pb = pk_ptr + brow[:, None] + (CH * (T // 2) + tl.arange(0, T // 2))[None, :]
-                if CS:
-                    tl.store(pb, (lo | (hi << 4)).to(tl.uint8), mask=rmask, cache_modifier=".cs")
-                else:
-                    tl.store(pb, (lo | (hi << 4)).to(tl.uint8), mask=rmask)
+                tl.store(pk_ptr + brow[:, None] + (CH * (T // 2) + tl.arange(0, T // 2))[None, :],
+                         (lo | (hi << 4)).to(tl.uint8), mask=rmask, cache_modifier=CM)
             _, grow = _tile_rows(lrow, pid_m, pid_k, K // G, TT // G, BM, FOLD, FOLDC)
             sptr = sb_ptr + grow[:, None] + (CH * NG + tl.arange(0, NG))[None, :]
             if HW_ROUND and not IS_NV:
                 # MX: a group spans two lanes, a layout Triton's coalesced store would shuffle
                 # through shared memory (a block barrier per tile); store each byte from the
                 # registers instead (both lanes of a group write the same byte)
-                if EVEN and CS:
-                    tl.inline_asm_elementwise("{ st.global.cs.b8 [$1], $2; mov.b32 $0, 0; }",
+                if EVEN:
+                    tl.inline_asm_elementwise("{ st.global" + CM + ".b8 [$1], $2; mov.b32 $0, 0; }",
                                               "=r,l,r", [sptr, sbyte.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
-                elif EVEN:
-                    tl.inline_asm_elementwise("{ st.global.b8 [$1], $2; mov.b32 $0, 0; }",
-                                              "=r,l,r", [sptr, sbyte.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
-                elif CS:
-                    tl.inline_asm_elementwise(
-                        "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.cs.b8 [$1], $2; mov.b32 $0, 0; }",
-                        "=r,l,r,r", [sptr, sbyte.to(tl.int32), rmask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
                 else:
                     tl.inline_asm_elementwise(
-                        "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.b8 [$1], $2; mov.b32 $0, 0; }",
+                        "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global" + CM + ".b8 [$1], $2; mov.b32 $0, 0; }",
                         "=r,l,r,r", [sptr, sbyte.to(tl.int32), rmask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
-            elif CS:
-                tl.store(sptr, sbyte, mask=rmask, cache_modifier=".cs")
             else:
-                tl.store(sptr, sbyte, mask=rmask)
+                tl.store(sptr, sbyte, mask=rmask, cache_modifier=CM)
     return run_max
 
 
