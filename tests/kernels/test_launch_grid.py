@@ -3,6 +3,8 @@ give the strides the sweeps measured -- 32 for the large shapes (7-16 tiles per 
 about 4 programs per SM where 16 per SM would leave a program one or two tiles."""
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 pytest.importorskip("triton")
@@ -64,12 +66,11 @@ def test_launch_defaults_follow_the_sweeps():
     # programs fill the SM (NVFP4 packed codes, the had128 split), after the last tile elsewhere
     assert nv["pdl"] == big["pdl"] == small["pdl"] == "start"
     assert mx["pdl"] == nv_fake["pdl"] == launch_defaults(False, 0, False, tiles(2048, 4096, 64), 132)["pdl"] == "end"
-    # no launch unrolls its walk (--grid unroll: MXFP4 packed codes 6-10 points slower unrolled by 2)
-    assert all(launch_defaults(nv, mode, sp, tiles(M, 4096, 64), 132)["unroll"] == 1
-               for nv in (False, True) for mode in (0, 1, 2, 3) for sp in (False, True) for M in (2048, 14336))
-    # packed codes and scale bytes stored with the streaming hint (ab_quant_kernel.py --variant nocs)
-    assert all(launch_defaults(nv, mode, sp, tiles(M, 4096, 64), 132)["stream_stores"] is True
-               for nv in (False, True) for mode in (0, 1, 2, 3) for sp in (False, True) for M in (2048, 14336))
+    for nv_, mode, sp, M in itertools.product((False, True), (0, 1, 2, 3), (False, True), (2048, 14336)):
+        d = launch_defaults(nv_, mode, sp, tiles(M, 4096, 64), 132)
+        # no launch unrolls its walk (--grid unroll: MXFP4 packed codes 6-10 points slower unrolled by 2);
+        # packed codes and scale bytes stored with the streaming hint (ab_quant_kernel.py --variant nocs)
+        assert d["unroll"] == 1 and d["stream_stores"] is True, (nv_, mode, sp, M)
 
 
 def test_pdl_choice_and_its_switch():

@@ -24,6 +24,19 @@ def _counts(kernel, nv: bool, fcode: bool, f2fp: bool = True, opcodes: bool = Fa
     return (sum(cnt.values()), pipes) + ((cnt,) if opcodes else ())
 
 
+def _loop(fmt: str, **compile_kw) -> list:
+    """(opcode with its suffixes, operands) of each instruction of the hot module's loop over tiles,
+    compiled for sm_90 (benchmarks.sass_quant_kernel._compile with ``compile_kw``)."""
+    from benchmarks.sass_quant_kernel import _compile, _hot_module, _instructions, _longest_loop
+    try:
+        sass = _compile(_hot_module()._rotq_kernel, fmt, **compile_kw)[0]
+    except FileNotFoundError as e:          # a triton without its bundled cuobjdump
+        pytest.skip(f"cuobjdump not found: {e}")
+    ins = _instructions(sass, suffixes=True)
+    lo, hi = _longest_loop(ins)
+    return [(op, rest) for a, op, rest in ins if lo <= a <= hi]
+
+
 @pytest.mark.parametrize("nv", [False, True])
 def test_fma_codes_take_work_off_the_integer_pipe(nv):
     from benchmarks.sass_quant_kernel import _hot_module
@@ -109,14 +122,7 @@ def test_packed_loop_takes_absolute_values_as_operand_modifiers(fmt):
     with the 0x7fffffff mask only the |.| of each group's result is left in the packed-code loop,
     two per thread and tile (tl.max(tl.abs(y)) left 28, one per element it could not fold). NVFP4
     keeps tl.max(tl.abs(y)), which measured as fast or faster there (absmax2's docstring)."""
-    from benchmarks.sass_quant_kernel import _compile, _hot_module, _instructions, _longest_loop
-    try:
-        sass = _compile(_hot_module()._rotq_kernel, fmt)[0]
-    except FileNotFoundError as e:
-        pytest.skip(f"cuobjdump not found: {e}")
-    ins = _instructions(sass, suffixes=True)
-    lo, hi = _longest_loop(ins)
-    loop = [(op, rest) for a, op, rest in ins if lo <= a <= hi]
+    loop = _loop(fmt)
     assert len([r for op, r in loop if op.startswith("LOP3") and "0x7fffffff" in r]) <= 2
     xs = [r for op, r in loop if op.startswith("FMNMX.XORSIGN")]
     assert len(xs) >= 16 and all(r.count("|") >= 4 for r in xs), xs[:3]
@@ -126,17 +132,9 @@ def test_packed_loop_takes_absolute_values_as_operand_modifiers(fmt):
 def test_packed_stores_carry_the_streaming_hint(fmt, split):
     """Packed codes and scale bytes: every global store of the loop is STG.E.EF (st.global.cs, evict
     first) with the default launch, none with CS off; the instruction count is the same."""
-    from benchmarks.sass_quant_kernel import _compile, _hot_module, _instructions, _longest_loop
-
     def stores(cs):
-        try:
-            sass = _compile(_hot_module()._rotq_kernel, fmt, split=split, CS=cs)[0]
-        except FileNotFoundError as e:
-            pytest.skip(f"cuobjdump not found: {e}")
-        ins = _instructions(sass, suffixes=True)
-        lo, hi = _longest_loop(ins)
-        loop = [op for a, op, _ in ins if lo <= a <= hi]
-        return [op for op in loop if op.startswith("STG")], len(loop)
+        loop = _loop(fmt, split=split, CS=cs)
+        return [op for op, _ in loop if op.startswith("STG")], len(loop)
 
     on, n_on = stores(True)
     off, n_off = stores(False)
